@@ -203,19 +203,24 @@ class EventConsumer:
     # ------------------------------------------------------------------ running
 
     def poll_once(self, timeout_ms: int = 500) -> int:
-        """Handle one poll's worth of records; returns how many were taken care of."""
+        """Handle one poll's worth of records; returns how many were taken care of.
+
+        Offsets are committed once per poll, after every record of it was handled or
+        dead-lettered: a crash before the commit re-delivers records whose effects the
+        dedupe table already holds, so they are skipped, never applied twice."""
         batches = self._consumer.poll(timeout_ms=timeout_ms)
         done = 0
-        for tp, records in batches.items():
-            for record in records:
-                if self._stop.is_set():
-                    break
-                if not self._process(record):
-                    return done  # shutting down mid-retry: leave it for redelivery
-                # Offset commit per record: a crash after this point never re-handles it,
-                # and one before it re-delivers a record the dedupe table absorbs.
-                self._consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
-                done += 1
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        try:
+            for tp, records in batches.items():
+                for record in records:
+                    if self._stop.is_set() or not self._process(record):
+                        return done  # shutting down: the rest is left for redelivery
+                    offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+                    done += 1
+        finally:
+            if offsets:
+                self._consumer.commit(offsets)
         return done
 
     def run(self, *, install_signal_handlers: bool = False) -> None:

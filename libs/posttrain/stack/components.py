@@ -178,6 +178,9 @@ S3 = Component(
     is_healthy=_s3_healthy,
     endpoint=lambda stack: f"http://{stack.host}:{stack.ports.s3}",
     start_timeout_s=60.0,
+    # Its volume server sometimes ignores SIGTERM after heavy write/delete traffic (seen
+    # here): don't make every `down` wait long for it before the SIGKILL.
+    stop_timeout_s=5.0,
 )
 
 # ---------------------------------------------------------------- Triton

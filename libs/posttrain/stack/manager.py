@@ -52,6 +52,19 @@ class StackPorts:
     triton_http: int = DEFAULT_TRITON_HTTP_PORT
 
     @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> StackPorts:
+        """Defaults, each overridable as POSTTRAIN_STACK_PORT_<NAME> (e.g. ..._KAFKA=9092)."""
+        env = os.environ if environ is None else environ
+        ports = cls()
+        for f in fields(cls):
+            raw = env.get(f"POSTTRAIN_STACK_PORT_{f.name.upper()}")
+            if raw:
+                if not raw.isdigit() or not 0 < int(raw) < 65536:
+                    raise StackError(f"POSTTRAIN_STACK_PORT_{f.name.upper()}={raw!r} is not a port")
+                setattr(ports, f.name, int(raw))
+        return ports
+
+    @classmethod
     def free(cls, host: str = "127.0.0.1") -> StackPorts:
         """Ports the OS reports free right now: for test runs that must not clash."""
         socks = []

@@ -33,9 +33,7 @@ def _stage(bus, n: int, topic: str) -> list[str]:
 
 def _pending(bus) -> int:
     with bus.engine.connect() as conn:
-        return conn.scalar(
-            sa.select(sa.func.count()).where(OutboxEvent.published_at.is_(None))
-        )
+        return conn.scalar(sa.select(sa.func.count()).where(OutboxEvent.published_at.is_(None)))
 
 
 def _collect(bus, want: int) -> list[str]:

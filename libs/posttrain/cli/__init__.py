@@ -1,0 +1,21 @@
+"""The `posttrain` command line. Each command group is a module of its own."""
+
+from __future__ import annotations
+
+import click
+
+from posttrain import __version__
+from posttrain.cli.stack import stack
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="posttrain")
+def cli() -> None:
+    """posttrain: approved data in, evaluated and served models out."""
+
+
+cli.add_command(stack)
+
+
+def main() -> None:
+    cli()

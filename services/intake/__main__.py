@@ -1,0 +1,10 @@
+"""`python -m services.intake`: serves IntakeService until SIGTERM."""
+
+import sys
+
+from posttrain.rpc import service_main
+from services.intake.servicer import SERVICE_NAME, register
+from services.intake.settings import IntakeSettings
+
+if __name__ == "__main__":
+    sys.exit(service_main(IntakeSettings(), register, service_names=[SERVICE_NAME]))

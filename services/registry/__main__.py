@@ -1,0 +1,10 @@
+"""`python -m services.registry`: serves RegistryService until SIGTERM."""
+
+import sys
+
+from posttrain.rpc import service_main
+from services.registry.servicer import SERVICE_NAME, register
+from services.registry.settings import RegistrySettings
+
+if __name__ == "__main__":
+    sys.exit(service_main(RegistrySettings(), register, service_names=[SERVICE_NAME]))

@@ -1,0 +1,9 @@
+"""Settings of the registry service, from POSTTRAIN_* environment variables."""
+
+from pydantic import Field
+
+from posttrain.rpc import RpcServiceSettings
+
+
+class RegistrySettings(RpcServiceSettings):
+    service_name: str = Field("registry", description="name in logs, events and metrics")
