@@ -1,29 +1,306 @@
-"""The IntakeService gRPC servicer: a thin shell over the library core.
+"""The IntakeService gRPC servicer and the data.approved handler: thin shells over
+posttrain.intake.
 
-RPCs not written yet keep the generated defaults, which answer UNIMPLEMENTED.
+Who may call what (admin may do everything):
+  UploadDataset                          uploader
+  ApproveDataset, RejectDataset          approver (and not the version's uploader)
+  Get*/List*/DiffVersions/GetVersion     any authenticated principal of the tenant
+A principal sees only its own tenant's datasets.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+from collections.abc import Iterator
+from pathlib import Path
 
+from google.protobuf.message import Message
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from posttrain.data.config import DataFormat, InvalidRowPolicy, RowSchema
+from posttrain.db import apply_migrations, session_scope
+from posttrain.events import EventRuntime, add_to_outbox, topics
+from posttrain.intake import (
+    INTAKE_MIGRATIONS,
+    STATE_TO_PROTO,
+    DatasetCatalog,
+    UploadSpec,
+    check_name,
+    check_version_id,
+    handle_data_approved,
+    manifest_ref,
+)
+from posttrain.intake.tables import DatasetRow, DatasetVersionRow
+from posttrain.rpc.auth import Principal, current_principal, require_role
+from posttrain.rpc.errors import InvalidArgument
 from posttrain.rpc.server import AddServicerFn
-from posttrain.v1 import intake_pb2, intake_pb2_grpc
+from posttrain.storage import ArtifactStore
+from posttrain.v1 import common_pb2, intake_pb2, intake_pb2_grpc
 from services.intake.settings import IntakeSettings
 
 SERVICE_NAME = intake_pb2.DESCRIPTOR.services_by_name["IntakeService"].full_name
+READ_ROLES = ("viewer", "uploader", "approver", "trainer", "operator", "rater")
+MAX_PAGE = 500
+
+_FORMATS = {
+    intake_pb2.DATA_FORMAT_JSONL: DataFormat.JSONL,
+    intake_pb2.DATA_FORMAT_CSV: DataFormat.CSV,
+    intake_pb2.DATA_FORMAT_PARQUET: DataFormat.PARQUET,
+}
+_SCHEMAS = {
+    intake_pb2.ROW_SCHEMA_INSTRUCTION: RowSchema.INSTRUCTION,
+    intake_pb2.ROW_SCHEMA_CHAT: RowSchema.CHAT,
+}
+_POLICIES = {
+    intake_pb2.INVALID_ROW_POLICY_UNSPECIFIED: InvalidRowPolicy.REJECT_UPLOAD,
+    intake_pb2.INVALID_ROW_POLICY_REJECT_UPLOAD: InvalidRowPolicy.REJECT_UPLOAD,
+    intake_pb2.INVALID_ROW_POLICY_DROP_INVALID: InvalidRowPolicy.DROP_INVALID,
+}
 
 
 class IntakeServicer(intake_pb2_grpc.IntakeServiceServicer):
-    def __init__(self, settings: IntakeSettings, engine: Engine) -> None:
+    def __init__(self, settings: IntakeSettings, engine: Engine, catalog: DatasetCatalog):
         self.settings = settings
         self.engine = engine
+        self.catalog = catalog
+
+    # ------------------------------------------------------------------ upload
+
+    def UploadDataset(self, request_iterator, context):
+        principal = require_role(current_principal(), "uploader")
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "metadata":
+            raise InvalidArgument("metadata", "the first UploadDatasetRequest must carry metadata")
+        spec = self._spec(first.metadata, principal)
+        prepared = self.catalog.prepare(spec, self._chunks(request_iterator))
+        with session_scope(self.engine) as session:
+            recorded = self.catalog.record(
+                session, _outbox_emit(session), prepared, uploaded_by=principal.name
+            )
+            return intake_pb2.UploadDatasetResponse(
+                version=version_proto(recorded.dataset, recorded.row),
+                report=_report(recorded.row),
+                already_existed=recorded.already_existed,
+            )
+
+    def _spec(self, meta: intake_pb2.UploadMetadata, principal: Principal) -> UploadSpec:
+        check_name(meta.dataset, "metadata.dataset")
+        if meta.format not in _FORMATS:
+            raise InvalidArgument("metadata.format", "must be JSONL, CSV or PARQUET")
+        if meta.schema not in _SCHEMAS:
+            raise InvalidArgument("metadata.schema", "must be INSTRUCTION or CHAT")
+        if meta.invalid_rows not in _POLICIES:
+            raise InvalidArgument("metadata.invalid_rows", f"unknown policy {meta.invalid_rows}")
+        if meta.parent_version:
+            check_version_id(meta.parent_version, "metadata.parent_version")
+        if len(meta.description) > 10_000:
+            raise InvalidArgument("metadata.description", "is longer than 10000 characters")
+        return UploadSpec(
+            tenant=principal.tenant,
+            dataset=meta.dataset,
+            format=_FORMATS[meta.format],
+            schema=_SCHEMAS[meta.schema],
+            policy=_POLICIES[meta.invalid_rows],
+            description=meta.description,
+            regulated=meta.regulated,
+            policy_tag=meta.policy,
+            labels=dict(meta.labels),
+            parent_version=meta.parent_version,
+        )
+
+    def _chunks(self, request_iterator) -> Iterator[bytes]:
+        limit = self.settings.upload_chunk_limit_bytes
+        for index, message in enumerate(request_iterator, start=2):
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidArgument(
+                    "metadata", f"message {index} carries metadata again; only the first may"
+                )
+            if len(message.chunk) > limit:
+                raise InvalidArgument("chunk", f"message {index} is over {limit} bytes")
+            yield message.chunk
+
+    # ------------------------------------------------------------------ review
+
+    def ApproveDataset(self, request, context):
+        return self._review(request, approve=True)
+
+    def RejectDataset(self, request, context):
+        return self._review(request, approve=False)
+
+    def _review(self, request, *, approve: bool):
+        principal = require_role(current_principal(), "approver")
+        with session_scope(self.engine) as session:
+            ds, row = self.catalog.review(
+                session,
+                _outbox_emit(session),
+                tenant=principal.tenant,
+                dataset=request.dataset,
+                version=request.version,
+                reviewer=principal.name,
+                approve=approve,
+                reason=request.reason,
+            )
+            return version_proto(ds, row)
+
+    # ------------------------------------------------------------------ queries
+
+    def GetDataset(self, request, context):
+        principal = require_role(current_principal(), *READ_ROLES)
+        with Session(self.engine) as session:
+            return self._dataset_proto(
+                session, self.catalog.get_dataset(session, principal.tenant, request.dataset)
+            )
+
+    def ListDatasets(self, request, context):
+        principal = require_role(current_principal(), *READ_ROLES)
+        offset, limit = _page(request.page, "page")
+        with Session(self.engine) as session:
+            rows, total = self.catalog.list_datasets(session, principal.tenant, offset, limit)
+            return intake_pb2.ListDatasetsResponse(
+                datasets=[self._dataset_proto(session, ds) for ds in rows],
+                page=_page_response(offset, len(rows), total),
+            )
+
+    def ListVersions(self, request, context):
+        principal = require_role(current_principal(), *READ_ROLES)
+        offset, limit = _page(request.page, "page")
+        with Session(self.engine) as session:
+            ds = self.catalog.get_dataset(session, principal.tenant, request.dataset)
+            rows, total = self.catalog.list_versions(session, ds, offset, limit)
+            return intake_pb2.ListVersionsResponse(
+                versions=[version_proto(ds, row) for row in rows],
+                page=_page_response(offset, len(rows), total),
+            )
+
+    def GetVersion(self, request, context):
+        principal = require_role(current_principal(), *READ_ROLES)
+        with Session(self.engine) as session:
+            ds, row = self.catalog.get_version(
+                session, principal.tenant, request.dataset, request.version
+            )
+            return version_proto(ds, row)
+
+    def GetValidationReport(self, request, context):
+        principal = require_role(current_principal(), *READ_ROLES)
+        with Session(self.engine) as session:
+            _, row = self.catalog.get_version(
+                session, principal.tenant, request.dataset, request.version
+            )
+            return _report(row)
+
+    def DiffVersions(self, request, context):
+        principal = require_role(current_principal(), *READ_ROLES)
+        if not 0 <= request.max_rows <= 1000:
+            raise InvalidArgument("max_rows", "must be between 0 and 1000")
+        with Session(self.engine) as session:
+            _, a = self.catalog.get_version(
+                session, principal.tenant, request.dataset, request.from_version
+            )
+            _, b = self.catalog.get_version(
+                session, principal.tenant, request.dataset, request.to_version
+            )
+        result = self.catalog.diff_versions(a, b, request.max_rows)
+        return intake_pb2.DiffVersionsResponse(
+            rows_added=result.rows_added,
+            rows_removed=result.rows_removed,
+            added_samples=result.added_samples,
+            removed_samples=result.removed_samples,
+        )
+
+    def _dataset_proto(self, session: Session, ds: DatasetRow) -> intake_pb2.Dataset:
+        latest = self.catalog.latest_version(session, ds)
+        msg = intake_pb2.Dataset(
+            name=ds.name,
+            description=ds.description,
+            regulated=ds.regulated,
+            latest_version=latest.version if latest else "",
+            version_count=self.catalog.count_versions(session, ds),
+        )
+        msg.created_at.FromDatetime(ds.created_at)
+        return msg
+
+
+def version_proto(ds: DatasetRow, row: DatasetVersionRow) -> intake_pb2.DatasetVersion:
+    msg = intake_pb2.DatasetVersion(
+        dataset=ds.name,
+        version=row.version,
+        state=STATE_TO_PROTO[row.state],
+        schema=intake_pb2.ROW_SCHEMA_INSTRUCTION
+        if row.schema == str(RowSchema.INSTRUCTION)
+        else intake_pb2.ROW_SCHEMA_CHAT,
+        rows=row.rows,
+        train_rows=row.train_rows,
+        eval_rows=row.eval_rows,
+        manifest=manifest_ref(row).to_proto(),
+        uploaded_by=row.uploaded_by,
+        approved_by=row.reviewed_by if row.state == "APPROVED" else "",
+        review_reason=row.review_reason,
+        source=row.source,
+        parent_version=row.parent_version,
+        labels=row.labels or {},
+    )
+    msg.created_at.FromDatetime(row.created_at)
+    return msg
+
+
+def _report(row: DatasetVersionRow) -> intake_pb2.ValidationReport:
+    return intake_pb2.ValidationReport.FromString(row.report)
+
+
+def _outbox_emit(session: Session):
+    def emit(event_type: str, payload: Message, aggregate_id: str):
+        return add_to_outbox(
+            session, event_type, payload, producer="intake", aggregate_id=aggregate_id
+        )
+
+    return emit
+
+
+def _page(page: common_pb2.PageRequest, field: str) -> tuple[int, int]:
+    size = page.page_size or 50
+    if not 0 < size <= MAX_PAGE:
+        raise InvalidArgument(f"{field}.page_size", f"must be between 1 and {MAX_PAGE}")
+    token = page.page_token or "0"
+    if not token.isdigit():
+        raise InvalidArgument(f"{field}.page_token", "is not a token this service issued")
+    return int(token), size
+
+
+def _page_response(offset: int, count: int, total: int) -> common_pb2.PageResponse:
+    nxt = offset + count
+    return common_pb2.PageResponse(next_page_token=str(nxt) if nxt < total else "", total=total)
+
+
+def build_catalog(settings: IntakeSettings) -> DatasetCatalog:
+    store = ArtifactStore.from_settings(settings.s3)
+    store.ensure_bucket()
+    return DatasetCatalog(
+        store,
+        spool_dir=settings.spool_dir or str(Path(settings.state_dir) / "spool"),
+        auto_approve_unregulated=settings.auto_approve_unregulated,
+    )
 
 
 def register(settings: IntakeSettings, engine: Engine) -> list[tuple[AddServicerFn, object]]:
+    apply_migrations(engine, "intake", INTAKE_MIGRATIONS)
     return [
         (
             intake_pb2_grpc.add_IntakeServiceServicer_to_server,
-            IntakeServicer(settings, engine),
+            IntakeServicer(settings, engine, build_catalog(settings)),
+        )
+    ]
+
+
+def workers(settings: IntakeSettings, engine: Engine) -> list[EventRuntime]:
+    """The data.approved consumer and the outbox relay."""
+    catalog = build_catalog(settings)
+    return [
+        EventRuntime(
+            settings.kafka,
+            engine,
+            service_name="intake",
+            handlers={
+                topics.DATA_APPROVED: lambda event, ctx: handle_data_approved(catalog, event, ctx)
+            },
         )
     ]

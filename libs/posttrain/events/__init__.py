@@ -17,12 +17,14 @@ from posttrain.events.consumer import (
 from posttrain.events.envelope import decode, encode, make_envelope, unpack
 from posttrain.events.outbox import OutboxRelay, add_to_outbox
 from posttrain.events.producer import EventProducer
+from posttrain.events.runtime import EventRuntime
 from posttrain.events.tables import EVENTS_MIGRATIONS, OutboxEvent, ProcessedEvent
 
 __all__ = [
     "EVENTS_MIGRATIONS",
     "EventConsumer",
     "EventProducer",
+    "EventRuntime",
     "HandlerContext",
     "OutboxEvent",
     "OutboxRelay",

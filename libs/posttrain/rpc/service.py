@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import grpc
 from pydantic import Field
@@ -51,11 +51,28 @@ def standard_interceptors(
     ]
 
 
+class BackgroundWorker(Protocol):
+    """Something a service runs beside its gRPC server (event consumers, the outbox
+    relay): started before the server accepts calls, stopped after it drained."""
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+
+# (settings, engine) -> workers to run for the life of the process
+WorkersFn = Callable[[Any, Engine], Sequence[BackgroundWorker]]
+
+
 def service_main(
-    settings: RpcServiceSettings, register: RegisterFn, *, service_names: Sequence[str]
+    settings: RpcServiceSettings,
+    register: RegisterFn,
+    *,
+    service_names: Sequence[str],
+    workers: WorkersFn | None = None,
 ) -> int:
-    """Logging, database and auth migrations, the server; serves until SIGTERM. Returns
-    the process exit code."""
+    """Logging, database and auth migrations, background workers, the server; serves
+    until SIGTERM. Returns the process exit code."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     engine = create_db_engine(settings.database_url())
     auth_engine = create_db_engine(settings.auth.db_url) if settings.auth.db_url else engine
@@ -66,16 +83,24 @@ def service_main(
             seed_bootstrap_admin_key(
                 keys, settings.auth.bootstrap_admin_key, tenant=settings.auth.bootstrap_tenant
             )
+        servicers = register(settings, engine)
+        running = list(workers(settings, engine)) if workers else []
+        for worker in running:
+            worker.start()
         server = GrpcServer(
             settings.grpc,
-            register(settings, engine),
+            servicers,
             service_names=service_names,
             interceptors=standard_interceptors(keys, auth_required=settings.grpc.auth_required),
             port=settings.grpc_port(),
         )
         if not settings.grpc.auth_required:
             log.warning("auth_required is off: calls without an API key are accepted")
-        server.serve_forever()
+        try:
+            server.serve_forever()
+        finally:
+            for worker in reversed(running):
+                worker.stop()
     finally:
         engine.dispose()
         if auth_engine is not engine:

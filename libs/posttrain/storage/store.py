@@ -625,6 +625,10 @@ class ArtifactStore:
         """The ref (manifest sha256 = artifact id) of the artifact published as `name`."""
         return self._read_named_manifest(name)[0]
 
+    def file_ref(self, entry: ManifestEntry) -> ArtifactRef:
+        """The blob of one file of a folder artifact, for iter_bytes/get_bytes."""
+        return self._blob_ref(entry.sha256, entry.size_bytes)
+
     def get_manifest(self, artifact: ArtifactRef | str) -> Manifest:
         """The manifest of an artifact given by ref (verified) or by published name."""
         if isinstance(artifact, ArtifactRef):
