@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -64,26 +65,31 @@ def _kafka_argv(stack: LocalStack) -> list[str]:
 
 
 def _kafka_healthy(stack: LocalStack) -> bool:
-    if not _tcp_open(stack.host, stack.ports.kafka):
+    """An ApiVersions round trip on a raw socket with a timeout: the broker must answer
+    the Kafka protocol, and a port held by something silent must not hang the check (a
+    client library's bootstrap waits for ever there)."""
+    correlation_id = 0x5057
+    client_id = b"posttrain-health"
+    body = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
+    try:
+        with socket.create_connection((stack.host, stack.ports.kafka), timeout=2.0) as sock:
+            sock.settimeout(2.0)
+            sock.sendall(struct.pack(">i", len(body)) + body)
+            header = _recv_exact(sock, 10)  # size, correlation id, error code
+    except OSError:
         return False
-    # A metadata round trip, not just an open socket: the broker must answer the protocol.
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
+    _, echoed, error_code = struct.unpack(">iih", header)
+    return echoed == correlation_id and error_code == 0
 
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=stack.kafka_bootstrap,
-            request_timeout_ms=3000,
-        )
-    except (KafkaError, OSError, ValueError):
-        return False
-    try:
-        admin.list_topics()
-        return True
-    except (KafkaError, OSError):
-        return False
-    finally:
-        admin.close()
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise OSError("connection closed")
+        data += chunk
+    return data
 
 
 KAFKA = Component(
@@ -152,6 +158,7 @@ def _s3_argv(stack: LocalStack) -> list[str]:
 def _s3_healthy(stack: LocalStack) -> bool:
     if not _tcp_open(stack.host, stack.ports.s3):
         return False
+    import urllib3
     from minio import Minio
     from minio.error import S3Error
 
@@ -160,6 +167,8 @@ def _s3_healthy(stack: LocalStack) -> bool:
         access_key=stack.s3_access_key,
         secret_key=stack.s3_secret_key,
         secure=False,
+        # Bounded: the client's default read timeout is minutes, too long for a probe.
+        http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=3), retries=False),
     )
     try:
         client.list_buckets()
