@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from posttrain import __version__
+from posttrain.cli.datasets import datasets
+from posttrain.cli.models import models
 from posttrain.cli.stack import stack
 
 
@@ -15,6 +17,8 @@ def cli() -> None:
 
 
 cli.add_command(stack)
+cli.add_command(datasets)
+cli.add_command(models)
 
 
 def main() -> None:
