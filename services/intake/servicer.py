@@ -272,8 +272,9 @@ def _page_response(offset: int, count: int, total: int) -> common_pb2.PageRespon
 
 
 def build_catalog(settings: IntakeSettings) -> DatasetCatalog:
+    # No bucket check here: the service must start (and report health) while S3 is still
+    # coming up; the catalog makes sure of the bucket on first use.
     store = ArtifactStore.from_settings(settings.s3)
-    store.ensure_bucket()
     return DatasetCatalog(
         store,
         spool_dir=settings.spool_dir or str(Path(settings.state_dir) / "spool"),

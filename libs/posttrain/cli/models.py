@@ -1,34 +1,38 @@
 """`posttrain models ...`: the registry from the command line, over gRPC.
 
-list, show, bases, import-base, lineage, aliases, promote, rollback, archive, audit.
-Every command takes --json for machine-readable output; the API key comes from
-POSTTRAIN_API_KEY (or --api-key), the registry's address from --target /
-POSTTRAIN_REGISTRY_TARGET.
+list, show, archive, bases, import-base, lineage, aliases, promote, rollback, audit.
+Every command takes --json, --target (or POSTTRAIN_REGISTRY_TARGET) and --api-key (or
+POSTTRAIN_API_KEY); exit codes as in posttrain.cli.common.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import sys
-from collections.abc import Iterable
-from contextlib import closing
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import click
-import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
 
-from posttrain.config import SERVICE_PORTS, S3Settings
+from posttrain.cli.common import (
+    EXIT_REFUSED,
+    api_key_option,
+    channel,
+    grpc_errors,
+    json_option,
+    print_json,
+    target_option,
+    to_dict,
+)
+from posttrain.config import S3Settings
 from posttrain.registry.names import NODE_KINDS
-from posttrain.rpc.client import make_channel
 from posttrain.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
-DEFAULT_TARGET = f"127.0.0.1:{SERVICE_PORTS['registry']}"
 STAGES = {
     "candidate": registry_pb2.STAGE_CANDIDATE,
     "staging": registry_pb2.STAGE_STAGING,
@@ -40,56 +44,30 @@ DIRECTIONS = {
     "both": registry_pb2.GetLineageRequest.BOTH,
 }
 
-json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 stage_option = click.option(
     "--stage", type=click.Choice(list(STAGES)), default="production", show_default=True
 )
 tenant_option = click.option("--tenant", default="", help="default: the API key's tenant")
+Stub = registry_pb2_grpc.RegistryServiceStub
 
 
-class Registry:
-    """The stub, opened on first use, and how to call it from a command."""
+def registry_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--target, --api-key, --json and gRPC error handling; `fn` gets a stub instead."""
 
-    def __init__(self, target: str, api_key: str | None, tls_ca: str | None) -> None:
-        self.target, self.api_key, self.tls_ca = target, api_key, tls_ca
-        self._channel: grpc.Channel | None = None
+    @target_option("registry")
+    @api_key_option
+    @json_option
+    @grpc_errors
+    @functools.wraps(fn)
+    def command(target: str, api_key: str, **kwargs: Any) -> Any:
+        return fn(Stub(channel(target, api_key)), **kwargs)
 
-    def call(self, method: str, request: Message) -> Any:
-        if self._channel is None:
-            self._channel = make_channel(self.target, api_key=self.api_key, tls_ca_file=self.tls_ca)
-        stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
-        try:
-            return getattr(stub, method)(request, timeout=60)
-        except grpc.RpcError as err:
-            click.echo(f"error: {err.code().name}: {err.details()}", err=True)
-            sys.exit(1)
-
-    def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
+    return command
 
 
 @click.group()
-@click.option(
-    "--target",
-    default=lambda: os.environ.get("POSTTRAIN_REGISTRY_TARGET", DEFAULT_TARGET),
-    show_default=f"$POSTTRAIN_REGISTRY_TARGET or {DEFAULT_TARGET}",
-    help="host:port of the registry service",
-)
-@click.option(
-    "--api-key",
-    envvar="POSTTRAIN_API_KEY",
-    show_envvar=True,
-    help="API key (pt_<id>_<secret>)",
-)
-@click.option("--tls-ca", type=click.Path(exists=True), help="CA file: use TLS, trusting it")
-@click.pass_context
-def models(ctx: click.Context, target: str, api_key: str | None, tls_ca: str | None) -> None:
-    """Base models, model versions, stages, lineage and the audit log (the registry)."""
-    ctx.obj = ctx.with_resource(closing(Registry(target, api_key, tls_ca)))
-
-
-pass_registry = click.make_pass_decorator(Registry)
+def models() -> None:
+    """Base models, model versions, stages, lineage and the audit log (registry service)."""
 
 
 # ------------------------------------------------------------------ versions
@@ -100,14 +78,12 @@ pass_registry = click.make_pass_decorator(Registry)
 @tenant_option
 @click.option("--archived", is_flag=True, help="include archived versions")
 @click.option("--limit", default=100, show_default=True)
-@json_option
-@pass_registry
+@registry_call
 def list_versions(
-    registry: Registry, name: str, tenant: str, archived: bool, limit: int, as_json: bool
+    stub: Stub, name: str, tenant: str, archived: bool, limit: int, as_json: bool
 ) -> None:
     """Model versions, newest first per name."""
-    response = registry.call(
-        "ListModelVersions",
+    response = stub.ListModelVersions(
         registry_pb2.ListModelVersionsRequest(
             name=name,
             tenant=tenant,
@@ -138,22 +114,17 @@ def list_versions(
 
 @models.command()
 @click.argument("version_id")
-@json_option
-@pass_registry
-def show(registry: Registry, version_id: str, as_json: bool) -> None:
+@registry_call
+def show(stub: Stub, version_id: str, as_json: bool) -> None:
     """One model version: artifacts, lineage, gate verdict, aliases."""
-    version = registry.call("GetModelVersion", registry_pb2.GetModelVersionRequest(id=version_id))
-    pointing = registry.call(
-        "ListAliases",
+    version = stub.GetModelVersion(registry_pb2.GetModelVersionRequest(id=version_id))
+    pointing = stub.ListAliases(
         registry_pb2.ListAliasesRequest(tenant=version.tenant, model_version_id=version.id),
     )
     if as_json:
         click.echo(
             json.dumps(
-                {
-                    "version": _dict(version),
-                    "aliases": [_dict(a) for a in pointing.aliases],
-                },
+                {"version": to_dict(version), "aliases": [to_dict(a) for a in pointing.aliases]},
                 indent=2,
             )
         )
@@ -189,12 +160,11 @@ def show(registry: Registry, version_id: str, as_json: bool) -> None:
 @models.command()
 @click.argument("version_id")
 @click.option("--reason", default="", help="why (goes to the audit log)")
-@json_option
-@pass_registry
-def archive(registry: Registry, version_id: str, reason: str, as_json: bool) -> None:
+@registry_call
+def archive(stub: Stub, version_id: str, reason: str, as_json: bool) -> None:
     """Archive a version (refused while an alias or a deployment points at it)."""
-    version = registry.call(
-        "ArchiveModelVersion", registry_pb2.ArchiveModelVersionRequest(id=version_id, reason=reason)
+    version = stub.ArchiveModelVersion(
+        registry_pb2.ArchiveModelVersionRequest(id=version_id, reason=reason)
     )
     _done(as_json, version, f"archived {version.id}")
 
@@ -203,12 +173,10 @@ def archive(registry: Registry, version_id: str, reason: str, as_json: bool) -> 
 
 
 @models.command()
-@json_option
-@pass_registry
-def bases(registry: Registry, as_json: bool) -> None:
+@registry_call
+def bases(stub: Stub, as_json: bool) -> None:
     """Registered base models."""
-    response = registry.call(
-        "ListBaseModels",
+    response = stub.ListBaseModels(
         registry_pb2.ListBaseModelsRequest(page=common_pb2.PageRequest(page_size=500)),
     )
     _output(
@@ -235,10 +203,9 @@ def bases(registry: Registry, as_json: bool) -> None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--architecture", default="", help="default: from config.json")
 @click.option("--chat-template-revision", default="")
-@json_option
-@pass_registry
+@registry_call
 def import_base(
-    registry: Registry,
+    stub: Stub,
     name: str,
     folder: Path,
     architecture: str,
@@ -253,9 +220,8 @@ def import_base(
         ref = ArtifactStore.from_settings(S3Settings()).put_folder(folder, f"base-models/{name}")
     except (ArtifactStoreError, ValueError) as exc:
         click.echo(f"error: upload failed: {exc}", err=True)
-        sys.exit(1)
-    model = registry.call(
-        "RegisterBaseModel",
+        sys.exit(EXIT_REFUSED)
+    model = stub.RegisterBaseModel(
         registry_pb2.RegisterBaseModelRequest(
             name=name,
             source_uri=ref.uri,
@@ -279,21 +245,19 @@ def import_base(
     help="up: where it came from; down: what came of it",
 )
 @click.option("--depth", default=0, help="max edges to walk (0 = 10)")
-@json_option
-@pass_registry
-def lineage(registry: Registry, node: str, direction: str, depth: int, as_json: bool) -> None:
+@registry_call
+def lineage(stub: Stub, node: str, direction: str, depth: int, as_json: bool) -> None:
     """The lineage graph around NODE: "<kind>:<id>" (dataset_version:<hash>,
     training_job:<id>, alias:<tenant>/<use case>/<stage> ...) or a model version id."""
     if node.split(":", 1)[0] not in NODE_KINDS:
         node = f"model_version:{node}"
-    graph = registry.call(
-        "GetLineage",
+    graph = stub.GetLineage(
         registry_pb2.GetLineageRequest(
             node_id=node, direction=DIRECTIONS[direction], max_depth=depth
         ),
     )
     if as_json:
-        click.echo(json.dumps(_dict(graph), indent=2))
+        print_json(graph)
         return
     table = Table(title=f"lineage of {node} ({direction})")
     for column in ("from", "relation", "to"):
@@ -316,12 +280,10 @@ def lineage(registry: Registry, node: str, direction: str, depth: int, as_json: 
 @models.command("aliases")
 @click.option("--use-case", default="")
 @tenant_option
-@json_option
-@pass_registry
-def list_aliases(registry: Registry, use_case: str, tenant: str, as_json: bool) -> None:
+@registry_call
+def list_aliases(stub: Stub, use_case: str, tenant: str, as_json: bool) -> None:
     """Which version each stage of each use case points at."""
-    response = registry.call(
-        "ListAliases",
+    response = stub.ListAliases(
         registry_pb2.ListAliasesRequest(
             tenant=tenant, use_case=use_case, page=common_pb2.PageRequest(page_size=500)
         ),
@@ -354,10 +316,9 @@ def list_aliases(registry: Registry, use_case: str, tenant: str, as_json: bool) 
 @click.option("--override-gate", is_flag=True, help="operator only; needs --reason")
 @click.option("--reason", default="", help="why (goes to the audit log)")
 @click.option("--expected-revision", default=0, help="fail if the alias moved past this revision")
-@json_option
-@pass_registry
+@registry_call
 def promote(
-    registry: Registry,
+    stub: Stub,
     version_id: str,
     use_case: str,
     stage: str,
@@ -368,8 +329,7 @@ def promote(
     as_json: bool,
 ) -> None:
     """Point USE_CASE's STAGE at VERSION_ID (production needs a passing release gate)."""
-    alias = registry.call(
-        "Promote",
+    alias = stub.Promote(
         registry_pb2.PromoteRequest(
             model_version_id=version_id,
             use_case=use_case,
@@ -393,10 +353,9 @@ def promote(
 @tenant_option
 @click.option("--reason", required=True, help="why (goes to the audit log)")
 @click.option("--expected-revision", default=0)
-@json_option
-@pass_registry
+@registry_call
 def rollback(
-    registry: Registry,
+    stub: Stub,
     use_case: str,
     stage: str,
     tenant: str,
@@ -405,8 +364,7 @@ def rollback(
     as_json: bool,
 ) -> None:
     """Point USE_CASE's STAGE back at the version before the current one."""
-    alias = registry.call(
-        "Rollback",
+    alias = stub.Rollback(
         registry_pb2.RollbackRequest(
             use_case=use_case,
             tenant=tenant,
@@ -431,14 +389,10 @@ def rollback(
 @click.option("--actor", default="")
 @click.option("--action", default="", help='e.g. "alias.promoted"')
 @click.option("--limit", default=50, show_default=True)
-@json_option
-@pass_registry
-def audit(
-    registry: Registry, subject: str, actor: str, action: str, limit: int, as_json: bool
-) -> None:
+@registry_call
+def audit(stub: Stub, subject: str, actor: str, action: str, limit: int, as_json: bool) -> None:
     """The audit log, newest first."""
-    response = registry.call(
-        "ListAudit",
+    response = stub.ListAudit(
         registry_pb2.ListAuditRequest(
             subject=subject,
             actor=actor,
@@ -458,10 +412,6 @@ def audit(
 # ------------------------------------------------------------------ output
 
 
-def _dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
-
-
 def _output(
     as_json: bool,
     response: Message,
@@ -471,18 +421,21 @@ def _output(
     title: str,
 ) -> None:
     if as_json:
-        click.echo(json.dumps(_dict(response), indent=2))
+        print_json(response)
         return
     table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
+    for i, column in enumerate(columns):
+        table.add_column(column, no_wrap=i == 0)  # ids are copied from here: keep them whole
     for row in rows:
         table.add_row(*row)
     Console().print(table)
 
 
 def _done(as_json: bool, message: Message, text: str) -> None:
-    click.echo(json.dumps(_dict(message), indent=2) if as_json else text)
+    if as_json:
+        print_json(message)
+    else:
+        click.echo(text)
 
 
 def _enum(enum: Any, value: int, prefix: str) -> str:

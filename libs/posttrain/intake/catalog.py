@@ -133,6 +133,7 @@ class DatasetCatalog:
         self.spool_dir = spool_dir
         self.auto_approve_unregulated = auto_approve_unregulated
         self.base_config = config or IntakeConfig()
+        self._bucket_checked = False
 
     # ------------------------------------------------------------------ phase 1
 
@@ -143,6 +144,9 @@ class DatasetCatalog:
         InvalidArgument with row-level violations when the upload is refused, or when
         the bytes don't hash to `expected_sha256` (checked before anything is stored)."""
         check_name(spec.dataset, "dataset")
+        if not self._bucket_checked:
+            self.store.ensure_bucket()
+            self._bucket_checked = True
         config = _replace_config(self.base_config, spec)
         hashing = _HashingChunks(chunks)
         if self.spool_dir:
