@@ -1,1 +1,3 @@
-"""The evaluator service: evaluation suites, reports and release-gate verdicts (EvaluationService in proto/posttrain/v1/evaluation.proto)."""
+"""The evaluator service: evaluation suites, reports, the review queue and release-gate
+verdicts (EvaluationService in proto/posttrain/v1/evaluation.proto; consumes
+model.registered, produces evaluation.completed)."""

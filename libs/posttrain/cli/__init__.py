@@ -6,6 +6,7 @@ import click
 
 from posttrain import __version__
 from posttrain.cli.datasets import datasets
+from posttrain.cli.eval import eval_
 from posttrain.cli.models import models
 from posttrain.cli.stack import stack
 
@@ -19,6 +20,7 @@ def cli() -> None:
 cli.add_command(stack)
 cli.add_command(datasets)
 cli.add_command(models)
+cli.add_command(eval_)
 
 
 def main() -> None:
