@@ -1,9 +1,50 @@
-"""Settings of the trainer service, from POSTTRAIN_* environment variables."""
+"""Settings of the trainer service (API and workers), from POSTTRAIN_* environment variables."""
 
 from pydantic import Field
 
+from posttrain.config import SERVICE_PORTS
 from posttrain.rpc import RpcServiceSettings
 
 
 class TrainerSettings(RpcServiceSettings):
     service_name: str = Field("trainer", description="name in logs, events and metrics")
+
+    # The services SubmitJob asks, with the caller's own API key (share the api_keys
+    # database between services: POSTTRAIN_AUTH_DB_URL).
+    intake_target: str = Field(
+        f"127.0.0.1:{SERVICE_PORTS['intake']}", description="intake host:port (GetVersion)"
+    )
+    registry_target: str = Field(
+        f"127.0.0.1:{SERVICE_PORTS['registry']}", description="registry host:port (GetBaseModel)"
+    )
+    upstream_timeout_s: float = Field(10.0, description="deadline of each intake/registry call")
+    default_checkpoint_every: int = Field(
+        50,
+        description="checkpoint cadence (steps) of jobs whose config does not set "
+        "checkpoint_every, so that every job can resume after a worker dies",
+    )
+    watch_poll_s: float = Field(0.5, description="how often WatchJob looks for new progress")
+
+    # Workers.
+    worker_group: str = Field(
+        "trainer-workers", description="Kafka consumer group of the workers (training.requested)"
+    )
+    worker_id: str = Field("", description="name of this worker; empty = <host>-<pid>-<random>")
+    worker_cache_dir: str = Field(
+        "", description="base models and datasets by sha256; empty = <state_dir>/cache"
+    )
+    worker_work_dir: str = Field(
+        "", description="folders of running attempts; empty = <state_dir>/jobs"
+    )
+    worker_heartbeat_interval_s: float = Field(5.0, description="heartbeat of a running job")
+    worker_stale_after_s: float = Field(
+        60.0, description="a running job whose heartbeat is older is taken over by another worker"
+    )
+    worker_scan_interval_s: float = Field(
+        5.0,
+        description="an idle worker looks for a job at least this often (training.requested "
+        "wakes it at once; the scan finds jobs whose event went to a busy worker, and jobs "
+        "of dead workers)",
+    )
+    worker_checkpoint_keep_last: int = Field(2, description="checkpoints kept per job")
+    worker_torch_threads: int = Field(0, description="torch CPU threads; 0 = torch's default")

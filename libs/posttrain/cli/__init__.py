@@ -6,9 +6,11 @@ import click
 
 from posttrain import __version__
 from posttrain.cli.datasets import datasets
+from posttrain.cli.demo import demo
 from posttrain.cli.eval import eval_
 from posttrain.cli.models import models
 from posttrain.cli.stack import stack
+from posttrain.cli.train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,8 +21,10 @@ def cli() -> None:
 
 cli.add_command(stack)
 cli.add_command(datasets)
+cli.add_command(demo)
 cli.add_command(models)
 cli.add_command(eval_)
+cli.add_command(train)
 
 
 def main() -> None:
