@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 from google.protobuf.message import Message
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -31,11 +32,13 @@ from posttrain.intake import (
     manifest_ref,
 )
 from posttrain.intake.tables import DatasetRow, DatasetVersionRow
+from posttrain.intake.tokenizers import TokenizerCache
 from posttrain.rpc.auth import Principal, current_principal, require_role
-from posttrain.rpc.errors import InvalidArgument
+from posttrain.rpc.client import forwarded_credentials, make_channel
+from posttrain.rpc.errors import InvalidArgument, Unavailable
 from posttrain.rpc.server import AddServicerFn
-from posttrain.storage import ArtifactStore
-from posttrain.v1 import common_pb2, intake_pb2, intake_pb2_grpc
+from posttrain.storage import ArtifactRef, ArtifactStore
+from posttrain.v1 import common_pb2, intake_pb2, intake_pb2_grpc, registry_pb2, registry_pb2_grpc
 from services.intake.settings import IntakeSettings
 
 SERVICE_NAME = intake_pb2.DESCRIPTOR.services_by_name["IntakeService"].full_name
@@ -59,10 +62,19 @@ _POLICIES = {
 
 
 class IntakeServicer(intake_pb2_grpc.IntakeServiceServicer):
-    def __init__(self, settings: IntakeSettings, engine: Engine, catalog: DatasetCatalog):
+    def __init__(
+        self,
+        settings: IntakeSettings,
+        engine: Engine,
+        catalog: DatasetCatalog,
+        base_model_weights=None,
+    ):
         self.settings = settings
         self.engine = engine
         self.catalog = catalog
+        # (name, credentials) -> ArtifactRef of the base model's folder; tests stand in.
+        self.base_model_weights = base_model_weights or RegistryBaseModels(settings.registry_target)
+        self.tokenizers = TokenizerCache(catalog.store, Path(settings.state_dir) / "tokenizers")
 
     # ------------------------------------------------------------------ upload
 
@@ -72,7 +84,10 @@ class IntakeServicer(intake_pb2_grpc.IntakeServiceServicer):
         if first is None or first.WhichOneof("part") != "metadata":
             raise InvalidArgument("metadata", "the first UploadDatasetRequest must carry metadata")
         spec = self._spec(first.metadata, principal)
-        prepared = self.catalog.prepare(spec, self._chunks(request_iterator))
+        counter = None
+        if first.metadata.tokenizer_base_model:
+            counter = self._token_counter(first.metadata.tokenizer_base_model, context)
+        prepared = self.catalog.prepare(spec, self._chunks(request_iterator), token_counter=counter)
         with session_scope(self.engine) as session:
             recorded = self.catalog.record(
                 session, _outbox_emit(session), prepared, uploaded_by=principal.name
@@ -82,6 +97,23 @@ class IntakeServicer(intake_pb2_grpc.IntakeServiceServicer):
                 report=_report(recorded.row),
                 already_existed=recorded.already_existed,
             )
+
+    def _token_counter(self, base_model: str, context):
+        """The named base model's tokenizer, asked of the registry as the caller."""
+        try:
+            weights = self.base_model_weights(base_model, forwarded_credentials(context))
+            return self.tokenizers.counter_for(weights)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise InvalidArgument(
+                    "metadata.tokenizer_base_model",
+                    f"{base_model!r} is not a registered base model",
+                ) from None
+            raise Unavailable(
+                f"registry lookup of {base_model!r} failed: {exc.details()}"
+            ) from None
+        except ValueError as exc:
+            raise InvalidArgument("metadata.tokenizer_base_model", str(exc)) from None
 
     def _spec(self, meta: intake_pb2.UploadMetadata, principal: Principal) -> UploadSpec:
         check_name(meta.dataset, "metadata.dataset")
@@ -218,6 +250,25 @@ class IntakeServicer(intake_pb2_grpc.IntakeServiceServicer):
         )
         msg.created_at.FromDatetime(ds.created_at)
         return msg
+
+
+class RegistryBaseModels:
+    """Base model folder refs from the registry's GetBaseModel, asked as the caller."""
+
+    def __init__(self, target: str, timeout_s: float = 10.0):
+        self.target = target
+        self.timeout_s = timeout_s
+        self._stub = None
+
+    def __call__(self, name: str, credentials) -> ArtifactRef:
+        if self._stub is None:
+            self._stub = registry_pb2_grpc.RegistryServiceStub(make_channel(self.target))
+        base = self._stub.GetBaseModel(
+            registry_pb2.GetBaseModelRequest(name=name),
+            metadata=list(credentials),
+            timeout=self.timeout_s,
+        )
+        return ArtifactRef.from_proto(base.weights)
 
 
 def version_proto(ds: DatasetRow, row: DatasetVersionRow) -> intake_pb2.DatasetVersion:

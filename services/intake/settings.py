@@ -15,6 +15,10 @@ class IntakeSettings(RpcServiceSettings):
     spool_dir: str = Field(
         "", description="temporary files of uploads in flight; empty = <state_dir>/spool"
     )
+    registry_target: str = Field(
+        "127.0.0.1:50054",
+        description="registry gRPC address, for the tokenizer of a named base model",
+    )
     upload_chunk_limit_bytes: int = Field(
         4 * 1024 * 1024, description="largest accepted chunk message in UploadDataset"
     )

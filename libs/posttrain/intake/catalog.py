@@ -25,7 +25,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from sqlalchemy.orm import Session
 
-from posttrain.data import IntakeConfig, ValidationResult, diff, run_intake
+from posttrain.data import IntakeConfig, TokenCounter, ValidationResult, diff, run_intake
 from posttrain.data.config import DataFormat, InvalidRowPolicy, RowSchema
 from posttrain.db import utcnow
 from posttrain.events import topics
@@ -138,7 +138,12 @@ class DatasetCatalog:
     # ------------------------------------------------------------------ phase 1
 
     def prepare(
-        self, spec: UploadSpec, chunks: Iterable[bytes], *, expected_sha256: str = ""
+        self,
+        spec: UploadSpec,
+        chunks: Iterable[bytes],
+        *,
+        expected_sha256: str = "",
+        token_counter: TokenCounter | None = None,
     ) -> PreparedVersion:
         """Validate the streamed file and publish its normalised form. Raises
         InvalidArgument with row-level violations when the upload is refused, or when
@@ -154,7 +159,9 @@ class DatasetCatalog:
         with tempfile.TemporaryDirectory(dir=self.spool_dir, prefix="upload-") as tmp:
             train_path, eval_path = Path(tmp) / "train.jsonl", Path(tmp) / "eval.jsonl"
             with open(train_path, "wb") as train, open(eval_path, "wb") as evals:
-                result = run_intake(iter(hashing), config, train, evals, spool_dir=tmp)
+                result = run_intake(
+                    iter(hashing), config, train, evals, token_counter=token_counter, spool_dir=tmp
+                )
             received = hashing.sha.hexdigest()
             if expected_sha256 and received != expected_sha256:
                 raise InvalidArgument(

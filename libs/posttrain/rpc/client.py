@@ -45,3 +45,16 @@ def make_channel(
     if api_key:
         interceptors.append(api_key_client_interceptor(api_key))
     return grpc.intercept_channel(channel, *interceptors)
+
+
+CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+
+
+def forwarded_credentials(context: grpc.ServicerContext) -> tuple[tuple[str, str], ...]:
+    """The caller's API key headers, to send on with calls made on its behalf, so the
+    called service applies its own rules (roles, tenant) to the original caller."""
+    return tuple(
+        (key, value)
+        for key, value in context.invocation_metadata() or ()
+        if key in CREDENTIAL_HEADERS and isinstance(value, str)
+    )

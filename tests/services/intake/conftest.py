@@ -48,6 +48,20 @@ SAMPLE_ROWS = [
 ]
 
 
+class FakeBaseModels:
+    """Stands in for the registry's GetBaseModel: name -> folder manifest ref."""
+
+    def __init__(self) -> None:
+        self.refs: dict = {}
+
+    def __call__(self, name: str, credentials):
+        from posttrain.rpc.errors import NotFound
+
+        if name not in self.refs:
+            raise NotFound("base model", name)
+        return self.refs[name]
+
+
 @dataclass
 class IntakeEnv:
     engine: sa.Engine
@@ -56,6 +70,7 @@ class IntakeEnv:
     keys: dict[str, str]
     server: GrpcServer
     channels: list
+    base_models: FakeBaseModels
 
     def stub(self, who: str) -> intake_pb2_grpc.IntakeServiceStub:
         channel = make_channel(self.server.address, api_key=self.keys[who])
@@ -112,12 +127,13 @@ def intake(db_url: str, s3_settings, tmp_path: Path) -> Iterator[IntakeEnv]:
         "mallory": key_store.create_key("mallory", ["uploader", "approver"], "globex"),
     }
     settings = IntakeSettings(state_dir=str(tmp_path))
+    base_models = FakeBaseModels()
     server = GrpcServer(
         GrpcServerSettings(port=0),
         [
             (
                 intake_pb2_grpc.add_IntakeServiceServicer_to_server,
-                IntakeServicer(settings, engine, catalog),
+                IntakeServicer(settings, engine, catalog, base_model_weights=base_models),
             )
         ],
         service_names=[SERVICE_NAME],
@@ -125,7 +141,7 @@ def intake(db_url: str, s3_settings, tmp_path: Path) -> Iterator[IntakeEnv]:
         port=0,
     )
     server.start()
-    env = IntakeEnv(engine, store, catalog, keys, server, [])
+    env = IntakeEnv(engine, store, catalog, keys, server, [], base_models)
     try:
         yield env
     finally:
