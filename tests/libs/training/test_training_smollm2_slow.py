@@ -23,7 +23,9 @@ from posttrain.training import (
     run_training,
 )
 
-pytestmark = pytest.mark.slow
+# The shared fixture exports SmolLM2 and trains it (~2-3 min on 2 quiet cores); the
+# default 600 s timeout is too tight when the machine is busy.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ITEMS = (
     "maple cedar falcon otter harbor lantern meadow copper silver violet ember frost canyon "
