@@ -8,7 +8,9 @@ from posttrain import __version__
 from posttrain.cli.datasets import datasets
 from posttrain.cli.demo import demo
 from posttrain.cli.eval import eval_
+from posttrain.cli.experiments import experiments
 from posttrain.cli.models import models
+from posttrain.cli.serve import serve
 from posttrain.cli.stack import stack
 from posttrain.cli.train import train
 
@@ -25,6 +27,8 @@ cli.add_command(demo)
 cli.add_command(models)
 cli.add_command(eval_)
 cli.add_command(train)
+cli.add_command(serve)
+cli.add_command(experiments)
 
 
 def main() -> None:

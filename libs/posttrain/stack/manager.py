@@ -189,6 +189,7 @@ class LocalStack:
             "POSTTRAIN_S3_SECURE": "false",
             "POSTTRAIN_TRITON_GRPC_URL": self.triton_grpc_url,
             "POSTTRAIN_TRITON_HTTP_URL": self.triton_http_url,
+            "POSTTRAIN_TRITON_MODEL_REPOSITORY": str(self.triton_model_repository),
         }
 
     # ------------------------------------------------------------------ lifecycle

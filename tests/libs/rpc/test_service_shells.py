@@ -63,8 +63,8 @@ SERVICES = {
     ),
     "gateway": (
         "posttrain.v1.InferenceGateway",
-        lambda ch: gateway_pb2_grpc.InferenceGatewayStub(ch).ListDeployments(
-            gateway_pb2.ListDeploymentsRequest(), timeout=5
+        lambda ch: gateway_pb2_grpc.InferenceGatewayStub(ch).GetExperimentReport(
+            gateway_pb2.GetExperimentReportRequest(), timeout=5
         ),
     ),
 }

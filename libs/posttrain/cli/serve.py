@@ -1,0 +1,224 @@
+"""`posttrain serve ...`: the inference gateway from the command line.
+
+generate       one request to a use case (what a client app sends), optionally streamed
+deployments    deployments of your tenant, newest first, and which are live
+deploy-status  one deployment: the gateway's view, and the registry's record of it (why
+               it failed, if it did)
+Every command takes --target (or POSTTRAIN_GATEWAY_TARGET) and --api-key (or
+POSTTRAIN_API_KEY); exit codes as in posttrain.cli.common.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import grpc
+
+from posttrain.cli.common import (
+    EXIT_REFUSED,
+    api_key_option,
+    channel,
+    grpc_errors,
+    json_option,
+    print_json,
+    print_table,
+    target_option,
+    to_dict,
+)
+from posttrain.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, registry_pb2, registry_pb2_grpc
+
+
+def _stub(target: str, api_key: str) -> gateway_pb2_grpc.InferenceGatewayStub:
+    return gateway_pb2_grpc.InferenceGatewayStub(channel(target, api_key))
+
+
+@click.group()
+def serve() -> None:
+    """Serving: generate through the gateway, see deployments."""
+
+
+def _message(text: str) -> gateway_pb2.ChatMessage:
+    role, sep, content = text.partition("=")
+    if not sep or not role:
+        raise click.BadParameter(f"{text!r} is not ROLE=CONTENT", param_hint="--message")
+    return gateway_pb2.ChatMessage(role=role, content=content)
+
+
+@serve.command()
+@click.argument("use_case")
+@click.argument("prompt", required=False)
+@click.option("--system", default=None, help="a system message (makes it a chat)")
+@click.option(
+    "--message",
+    "messages",
+    multiple=True,
+    help="ROLE=CONTENT, repeatable: a chat conversation (PROMPT is appended as the user's)",
+)
+@click.option("--max-tokens", type=int, default=0, help="0 = the gateway's default")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
+@click.option("--top-p", type=float, default=0.0, help="0 = 1")
+@click.option("--seed", type=int, default=0, help="0 = none")
+@click.option("--stop", multiple=True, help="stop string, repeatable")
+@click.option("--user-key", default="", help="sticky A/B assignment key (e.g. a user id)")
+@click.option("--stream", is_flag=True, help="print text as it is generated")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="deadline, s")
+@target_option("gateway")
+@api_key_option
+@json_option
+@grpc_errors
+def generate(
+    use_case,
+    prompt,
+    system,
+    messages,
+    max_tokens,
+    temperature,
+    top_p,
+    seed,
+    stop,
+    user_key,
+    stream,
+    timeout,
+    target,
+    api_key,
+    as_json,
+):
+    """Send PROMPT (or '-' for stdin) to USE_CASE ('x' = production, 'x/staging')."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    request = gateway_pb2.GenerateRequest(
+        use_case=use_case,
+        sampling=gateway_pb2.SamplingParams(
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop
+        ),
+        user_key=user_key,
+    )
+    if system is not None or messages:
+        chat = [gateway_pb2.ChatMessage(role="system", content=system)] if system else []
+        chat += [_message(m) for m in messages]
+        if prompt:
+            chat.append(gateway_pb2.ChatMessage(role="user", content=prompt))
+        request.conversation.messages.extend(chat)
+    elif prompt:
+        request.prompt = prompt
+    else:
+        raise click.UsageError("give a PROMPT, or --message / --system for a chat")
+    stub = _stub(target, api_key)
+    if not stream:
+        response = stub.Generate(request, timeout=timeout)
+        if as_json:
+            print_json(response)
+        else:
+            click.echo(response.text)
+            _summary(response)
+        return
+    for chunk in stub.GenerateStream(request, timeout=timeout):
+        if as_json:
+            print_json(chunk)
+        elif chunk.final:
+            click.echo(chunk.text_delta)
+            _summary(chunk.summary)
+        else:
+            click.echo(chunk.text_delta, nl=False)
+
+
+def _summary(response: gateway_pb2.GenerateResponse) -> None:
+    arm = (
+        f", experiment {response.experiment_id} arm {response.variant}" if response.variant else ""
+    )
+    click.echo(
+        f"-- {response.usage.prompt_tokens} prompt + {response.usage.completion_tokens} "
+        f"completion tokens, {response.latency_ms:.0f} ms, deployment "
+        f"{response.deployment_id or '(base)'}{arm}, request {response.request_id}",
+        err=True,
+    )
+
+
+@serve.command()
+@click.option("--tenant", default="", help="default: the API key's tenant; '*' (admin): all")
+@click.option("--live", "live_only", is_flag=True, help="only the live ones")
+@target_option("gateway")
+@api_key_option
+@json_option
+@grpc_errors
+def deployments(tenant, live_only, target, api_key, as_json):
+    """Deployments, newest first."""
+    response = _stub(target, api_key).ListDeployments(
+        gateway_pb2.ListDeploymentsRequest(tenant=tenant)
+    )
+    rows = [d for d in response.deployments if d.live or not live_only]
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        "deployments",
+        ["id", "tenant", "use case", "model version", "triton model", "lora", "live"],
+        [
+            [d.id, d.tenant, d.use_case, d.model_version_id, d.triton_model, d.lora_name, d.live]
+            for d in rows
+        ],
+    )
+
+
+@serve.command("deploy-status")
+@click.argument("deployment_id")
+@click.option(
+    "--registry-target",
+    envvar="POSTTRAIN_REGISTRY_TARGET",
+    default="127.0.0.1:50054",
+    show_default=True,
+    help="the registry, for its record of the deployment ('' = don't ask)",
+)
+@target_option("gateway")
+@api_key_option
+@json_option
+@grpc_errors
+def deploy_status(deployment_id, registry_target, target, api_key, as_json):
+    """Is DEPLOYMENT_ID live? Exit 0 when the gateway knows it, 1 when not (yet)."""
+    response = _stub(target, api_key).ListDeployments(gateway_pb2.ListDeploymentsRequest())
+    found = next((d for d in response.deployments if d.id == deployment_id), None)
+    history = _registry_history(registry_target, api_key, deployment_id)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "deployment": to_dict(found) if found else None,
+                    "registry": [to_dict(e) for e in history],
+                },
+                indent=2,
+            )
+        )
+    else:
+        if found is None:
+            click.echo(f"{deployment_id}: not handled by the gateway (yet)")
+        else:
+            state = "live" if found.live else "not live (superseded or failed)"
+            click.echo(
+                f"{deployment_id}: {state}; {found.use_case} -> {found.model_version_id} on "
+                f"{found.triton_model} {found.lora_name or '(no adapter)'}"
+            )
+        for entry in reversed(history):
+            reason = f": {entry.reason}" if entry.reason else ""
+            click.echo(f"  registry: {entry.action} by {entry.actor}{reason}")
+    if found is None:
+        sys.exit(EXIT_REFUSED)
+
+
+def _registry_history(target: str, api_key: str, deployment_id: str) -> list:
+    """The registry's audit entries of the deployment, newest first; [] if unreachable."""
+    if not target:
+        return []
+    stub = registry_pb2_grpc.RegistryServiceStub(channel(target, api_key))
+    try:
+        response = stub.ListAudit(
+            registry_pb2.ListAuditRequest(
+                subject=f"deployment:{deployment_id}", page=common_pb2.PageRequest(page_size=20)
+            ),
+            timeout=5,
+        )
+    except grpc.RpcError as exc:
+        click.echo(f"  (registry at {target}: {exc.code().name}: {exc.details()})", err=True)
+        return []
+    return list(response.entries)
