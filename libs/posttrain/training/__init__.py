@@ -6,7 +6,8 @@ job config, chat rows, a CheckpointStore and callbacks. Where things are: config
 loop, run_training), batching (sampler order, padding, packing), checkpoint (the store
 interface and the checkpoint folder), report (report JSON + loss curve), models (base
 model folders: load, export SmolLM2, tiny random models), inference (greedy replies via
-the chat template). Chat templating itself is posttrain.data.chat_template.
+the chat template), distributed (torchrun ranks, FSDP2, sharded checkpoints, the launcher).
+Chat templating itself is posttrain.data.chat_template.
 """
 
 from posttrain.training.checkpoint import CheckpointStore, LocalCheckpointStore, TrainingState

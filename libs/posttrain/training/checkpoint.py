@@ -6,7 +6,9 @@ epoch's sampler order; the history so far; fingerprints of the config and the da
 a resume with other settings or other rows is refused). The engine writes the folder
 locally, then hands it to a CheckpointStore: LocalCheckpointStore here; the trainer
 service implements the same four methods over S3. Loading never unpickles arbitrary
-objects (torch.load(weights_only=True)).
+objects (torch.load(weights_only=True)). Several processes (posttrain.training.distributed)
+write a sharded folder instead (format SHARDED_CHECKPOINT_FORMAT, the same state.json);
+it resumes only with the same number of processes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from safetensors.torch import load_file, save_file
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 CHECKPOINT_FORMAT = "posttrain.checkpoint.v1"
+SHARDED_CHECKPOINT_FORMAT = "posttrain.checkpoint.sharded.v1"
 
 
 class CheckpointStore(Protocol):
@@ -114,6 +117,7 @@ class TrainingState:
     config_fingerprint: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: str = ""
     format: str = CHECKPOINT_FORMAT
+    world_size: int = 1  # processes that wrote it: the global batch depends on it
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -183,11 +187,19 @@ def read_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> TrainingState:
     """Restore weights, optimizer, scheduler and RNG from `folder`; return its state."""
-    state = TrainingState(**json.loads((folder / STATE_FILE).read_text()))
+    state = read_state(folder)
     if state.format != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint format {state.format!r}, expected {CHECKPOINT_FORMAT!r}")
     load_trainable_state(model, load_file(str(folder / WEIGHTS_FILE)))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+    return state
+
+
+def read_state(folder: Path) -> TrainingState:
+    """state.json of a checkpoint folder (either format), without touching its tensors."""
+    state = TrainingState(**json.loads((folder / STATE_FILE).read_text()))
+    if state.format not in (CHECKPOINT_FORMAT, SHARDED_CHECKPOINT_FORMAT):
+        raise ValueError(f"unknown checkpoint format {state.format!r}")
     return state

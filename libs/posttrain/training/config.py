@@ -45,7 +45,11 @@ class TrainingJobConfig:
     max_steps: int | None = help_field(
         None, "Optimizer steps to run; cycles over the data as needed. None: use epochs."
     )
-    batch_size: int = help_field(8, "Rows (or packed sequences) per micro-batch.")
+    batch_size: int = help_field(
+        8,
+        "Rows (or packed sequences) per micro-batch of each process; under torchrun with N "
+        "processes a step trains on N x batch_size x grad_accum rows.",
+    )
     grad_accum: int = help_field(
         1, "Micro-batches per optimizer step; the loss is averaged over all their tokens."
     )

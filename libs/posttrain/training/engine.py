@@ -10,11 +10,15 @@ cancel hook checked at every step boundary.
 
 It knows nothing of gRPC, Kafka or S3: the trainer service passes callables and a store.
 Methods are looked up in posttrain.training.methods; nothing here is method-specific.
+Under torchrun the same loop runs on every rank; what differs (the rank's share of each
+batch, sums across ranks, FSDP2, sharded checkpoints) goes through a `Ranks` from
+posttrain.training.distributed, which is the identity for one plain process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -34,13 +38,26 @@ import torch.nn.functional as F
 from posttrain.data.chat_template import IGNORE_INDEX, EncodedChat, encode_rows
 from posttrain.training.batching import collate, count_tokens, epoch_order, plan_epoch
 from posttrain.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    SHARDED_CHECKPOINT_FORMAT,
     CheckpointStore,
     LocalCheckpointStore,
     TrainingState,
     read_checkpoint,
+    read_state,
     write_checkpoint,
 )
 from posttrain.training.config import TrainingJobConfig
+from posttrain.training.distributed import (
+    Ranks,
+    check_supported,
+    fetched_from_store,
+    process_group,
+    read_sharded_checkpoint,
+    save_artifact,
+    save_to_store,
+    shard_model,
+)
 from posttrain.training.methods import MethodSpec, Runtime, get_method
 from posttrain.training.methods.base import copy_tokenizer_files
 from posttrain.training.models import load_tokenizer
@@ -161,18 +178,27 @@ def evaluate_loss(
     batch_size: int,
     pad_id: int,
     runtime: Runtime,
+    ranks: Ranks | None = None,
 ) -> float:
-    """Mean token cross-entropy over the assistant tokens of `rows` (eval mode, no grad)."""
+    """Mean token cross-entropy over the assistant tokens of `rows` (eval mode, no grad).
+    With several ranks each evaluates its turns of the batches and the sums are added."""
+    ranks = ranks or Ranks()
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    starts = list(range(0, len(rows), batch_size))
     with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            micro = [[i] for i in range(start, min(start + batch_size, len(rows)))]
+        for start in ranks.take_turns(starts):
+            # None: this rank has no batch left, but must still take part in FSDP's gathers.
+            first = starts[0] if start is None else start
+            micro = [[i] for i in range(first, min(first + batch_size, len(rows)))]
             batch = collate(rows, micro, pad_id, packed=False)
-            total += _forward_loss(model, batch, runtime).item()
-            count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            loss = _forward_loss(model, batch, runtime).item()
+            if start is not None:
+                total += loss
+                count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     model.train(was_training)  # transformers skips gradient checkpointing in eval mode
+    total, count = ranks.sum(total, count)
     return total / max(count, 1)
 
 
@@ -207,9 +233,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 class _Plans:
     """Epoch plans, computed on demand from (seed, epoch) and cached."""
 
-    def __init__(self, config: TrainingJobConfig, lengths: list[int]) -> None:
+    def __init__(self, config: TrainingJobConfig, lengths: list[int], world_size: int = 1) -> None:
         self.config = config
         self.lengths = lengths
+        self.world_size = world_size  # a global micro-batch is batch_size rows from each rank
         self._cache: dict[int, tuple[list[int], list[Any]]] = {}
 
     def get(self, epoch: int) -> tuple[list[int], list[Any]]:
@@ -219,7 +246,7 @@ class _Plans:
             plan = plan_epoch(
                 order,
                 self.lengths,
-                batch_size=c.batch_size,
+                batch_size=c.batch_size * self.world_size,
                 grad_accum=c.grad_accum,
                 packing=c.packing,
                 max_seq_len=c.max_seq_len,
@@ -259,14 +286,41 @@ def run_training(
     method can merge), report/ (training_report.json, config.yaml, loss_curve.png).
     Checkpoints go to `checkpoint_store` (default: output_dir/checkpoints). When
     should_cancel() returns True at a step boundary, a checkpoint is saved and the result
-    has status "cancelled" and no artifact."""
+    has status "cancelled" and no artifact.
+
+    Under torchrun (or an initialised process group) every rank calls it with the same
+    arguments: each trains on its share of every global batch (batch_size rows per rank),
+    the model is sharded with FSDP2, checkpoints are sharded, and only rank 0 calls
+    `progress`, `should_cancel` and the store and writes the artifacts and the report
+    (posttrain.training.distributed)."""
     config.validate()
-    output_dir = Path(output_dir)
+    runtime = resolve_runtime(config)
+    with process_group(runtime.device) as ranks:
+        runtime = dataclasses.replace(runtime, device=ranks.device)
+        return _train(
+            config, train_rows, eval_rows, Path(output_dir), checkpoint_store, progress,
+            should_cancel, lineage, runtime, ranks,
+        )  # fmt: skip
+
+
+def _train(
+    config: TrainingJobConfig,
+    train_rows: Rows,
+    eval_rows: Rows | None,
+    output_dir: Path,
+    checkpoint_store: CheckpointStore | None,
+    progress: Callable[[ProgressEvent], None] | None,
+    should_cancel: Callable[[], bool] | None,
+    lineage: Lineage | None,
+    runtime: Runtime,
+    ranks: Ranks,
+) -> TrainingResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     store = checkpoint_store or LocalCheckpointStore(output_dir / "checkpoints")
+    staging = output_dir / "checkpoint-staging"  # sharded checkpoints: seen by every rank
     spec = get_method(config.method)
     method_config = spec.parse_config(config.method_config)
-    runtime = resolve_runtime(config)
+    check_supported(spec, ranks)
     base = Path(config.base_model).expanduser()
 
     tokenizer = load_tokenizer(base)
@@ -290,6 +344,8 @@ def run_training(
             )
         model.config.use_cache = False
         trainable, total_params = _count_params(model)
+        model = shard_model(model, runtime, ranks)
+        ranks.reseed(config.seed)
 
         optimizer = torch.optim.AdamW(
             _param_groups(model, config.weight_decay),
@@ -297,7 +353,7 @@ def run_training(
             betas=(config.adam_beta1, config.adam_beta2),
             eps=config.adam_eps,
         )
-        plans = _Plans(config, [len(r) for r in train])
+        plans = _Plans(config, [len(r) for r in train], ranks.world_size)
         total_steps = plans.total_steps()
         warmup = config.warmup_steps or int(config.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -305,26 +361,36 @@ def run_training(
         )
 
         state = TrainingState(
-            config_fingerprint=config.fingerprint_dict(), data_fingerprint=_data_fingerprint(train)
+            config_fingerprint=config.fingerprint_dict(),
+            data_fingerprint=_data_fingerprint(train),
+            format=SHARDED_CHECKPOINT_FORMAT if ranks.distributed else CHECKPOINT_FORMAT,
+            world_size=ranks.world_size,
         )
-        resumed_from = store.latest_step()
+        latest = store.latest_step() if ranks.is_main else None
+        resumed_from = ranks.from_main(-1 if latest is None else latest)
+        resumed_from = None if resumed_from < 0 else resumed_from
         if resumed_from is not None:
-            state = _resume(store, resumed_from, model, optimizer, scheduler, state, plans)
+            state = _resume(
+                store, resumed_from, model, optimizer, scheduler, state, plans, ranks, staging
+            )
 
         run = _Loop(
             config, spec, runtime, model, optimizer, scheduler, train, evals, pad_id, plans,
-            state, store, total_steps,
+            state, store, total_steps, ranks=ranks, staging=staging,
         )  # fmt: skip
         status, checkpoint = run.train(progress, should_cancel)
         artifacts: dict[str, Path] = {}
         if status == "completed":
-            artifacts = _save_artifacts(spec, model, base, output_dir)
+            artifacts = _save_artifacts(spec, model, base, output_dir, ranks)
         del model, optimizer, scheduler, run  # free them before merge loads another base
         gc.collect()
         if status == "completed" and config.merge_adapter and spec.merge is not None:
             merged = output_dir / "merged"
-            spec.merge(artifacts["adapter"], base, merged, runtime)
+            if ranks.is_main:
+                spec.merge(artifacts["adapter"], base, merged, runtime)
+            ranks.barrier()
             artifacts["merged"] = merged
+    peak_memory_bytes = ranks.max(memory.peak_bytes)  # the largest rank's
 
     history, eval_history = state.history, state.eval_history
     metrics = _metrics(history, eval_history)
@@ -346,22 +412,26 @@ def run_training(
         "total_steps": total_steps,
         "tokens": state.tokens_seen,
         "wall_time_s": state.elapsed_s,
-        "peak_memory": {"bytes": memory.peak_bytes, "kind": memory.kind},
+        "peak_memory": {"bytes": peak_memory_bytes, "kind": memory.kind},
         "device": str(runtime.device),
+        "processes": ranks.world_size,
         "compute_dtype": str(runtime.compute_dtype).removeprefix("torch."),
         "resumed_from_step": resumed_from,
         "data": data,
         "artifacts": {k: str(v) for k, v in artifacts.items()},
     }
-    report = write_training_report(
-        output_dir / "report",
-        config_yaml=config.to_yaml(),
-        config=config.to_dict(),
-        lineage=lineage or Lineage(),
-        summary=summary,
-        history=history,
-        eval_history=eval_history,
-    )
+    report = output_dir / "report" / "training_report.json"  # written by rank 0
+    if ranks.is_main:
+        report = write_training_report(
+            output_dir / "report",
+            config_yaml=config.to_yaml(),
+            config=config.to_dict(),
+            lineage=lineage or Lineage(),
+            summary=summary,
+            history=history,
+            eval_history=eval_history,
+        )
+    ranks.barrier()
     primary = artifacts.get(primary_kind) if artifacts else None
     return TrainingResult(
         status=status,
@@ -376,7 +446,7 @@ def run_training(
         total_steps=total_steps,
         tokens=state.tokens_seen,
         wall_time_s=state.elapsed_s,
-        peak_memory_bytes=memory.peak_bytes,
+        peak_memory_bytes=peak_memory_bytes,
         peak_memory_kind=memory.kind,
         data=data,
         history=history,
@@ -394,10 +464,28 @@ def _resume(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     fresh: TrainingState,
     plans: _Plans,
+    ranks: Ranks,
+    staging: Path,
 ) -> TrainingState:
-    with tempfile.TemporaryDirectory(prefix="posttrain-resume-") as tmp:
-        folder = store.load(step, Path(tmp) / "checkpoint")
-        state = read_checkpoint(folder, model, optimizer, scheduler)
+    if not ranks.distributed:
+        with tempfile.TemporaryDirectory(prefix="posttrain-resume-") as tmp:
+            folder = store.load(step, Path(tmp) / "checkpoint")
+            _check_resumable(read_state(folder), step, fresh, plans)
+            return read_checkpoint(folder, model, optimizer, scheduler)
+    with fetched_from_store(store, step, staging, ranks) as folder:
+        state = read_state(folder)
+        _check_resumable(state, step, fresh, plans)
+        read_sharded_checkpoint(folder, model, optimizer, scheduler, ranks, state.global_step)
+        return state
+
+
+def _check_resumable(state: TrainingState, step: int, fresh: TrainingState, plans: _Plans) -> None:
+    if (state.format, state.world_size) != (fresh.format, fresh.world_size):
+        raise ValueError(
+            f"checkpoint step {step} was written by {state.world_size} process(es) "
+            f"({state.format}); this run has {fresh.world_size} ({fresh.format}): resume with "
+            "the same number of processes (the global batch depends on it)"
+        )
     if state.config_fingerprint != fresh.config_fingerprint:
         changed = sorted(
             k
@@ -412,7 +500,6 @@ def _resume(
         raise ValueError(
             f"checkpoint step {step}: the sampler order of epoch {state.epoch} differs"
         )
-    return state
 
 
 class _Loop:
@@ -433,7 +520,11 @@ class _Loop:
         state: TrainingState,
         store: CheckpointStore,
         total_steps: int,
+        ranks: Ranks | None = None,
+        staging: Path | None = None,
     ) -> None:
+        self.ranks = ranks or Ranks()
+        self.staging = staging  # where every rank writes its checkpoint shard
         self.config, self.spec, self.runtime = config, spec, runtime
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_rows, self.evals, self.pad_id = train, evals, pad_id
@@ -458,8 +549,10 @@ class _Loop:
         elapsed_before = state.elapsed_s
         steps_here = 0
         status: Status = "completed"
+        main = self.ranks.is_main
         for step_plan in self._remaining_steps():
-            if should_cancel is not None and should_cancel():
+            cancel = main and should_cancel is not None and should_cancel()
+            if self.ranks.from_main(int(cancel)):  # rank 0 decides for all
                 status = "cancelled"
                 break
             t0 = time.perf_counter()
@@ -476,7 +569,7 @@ class _Loop:
                 self._evaluate()
             if config.checkpoint_every and done % config.checkpoint_every == 0:
                 checkpoint, saved_at = self._checkpoint(), done
-            if progress is not None:
+            if progress is not None and main:
                 mean_step = (time.perf_counter() - started) / steps_here
                 progress(
                     ProgressEvent(
@@ -508,21 +601,34 @@ class _Loop:
             yield plan[state.step_in_epoch]
 
     def _step(self, step_plan: list[Any]) -> dict[str, Any]:
-        state, runtime = self.state, self.runtime
+        state, runtime, ranks = self.state, self.runtime, self.ranks
+        shares = ranks.split(step_plan)  # this rank's part of each micro-batch
+        # An empty share still runs a forward/backward (weight 0) on the micro-batch's first
+        # sequence: every rank must make the same FSDP collectives.
         batches = [
-            collate(self.train_rows, mb, self.pad_id, self.config.packing) for mb in step_plan
+            collate(self.train_rows, share or mb[:1], self.pad_id, self.config.packing)
+            for share, mb in zip(shares, step_plan, strict=True)
         ]
-        label_count = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-        tokens = sum(count_tokens(self.train_rows, mb) for mb in step_plan)
+        label_count = sum(
+            int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
+            for b, share in zip(batches, shares, strict=True)
+            if share
+        )
+        tokens = sum(count_tokens(self.train_rows, share) for share in shares)
+        label_count, tokens = (int(n) for n in ranks.sum(label_count, tokens))
         lr = self.scheduler.get_last_lr()[0]
         loss_total = 0.0
-        for batch in batches:
+        for batch, share in zip(batches, shares, strict=True):
             loss_sum = _forward_loss(self.model, batch, runtime)
-            # Normalise by the whole step's label tokens: accumulation == one big batch.
+            if not share:
+                loss_sum = loss_sum * 0.0
+            # Normalise by the whole step's label tokens on every rank (FSDP sums the
+            # gradients): accumulation and ranks == one big batch.
             (loss_sum / max(label_count, 1)).backward()
             loss_total += loss_sum.item()
+        (loss_total,) = ranks.sum(loss_total)
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        grad_norm = ranks.clip_grad_norm(self.params, max_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -547,12 +653,19 @@ class _Loop:
             batch_size=self.config.eval_batch_size or self.config.batch_size,
             pad_id=self.pad_id,
             runtime=self.runtime,
+            ranks=self.ranks,
         )
         self.state.eval_history.append(
             {"step": self.state.global_step, "eval_loss": self.last_eval}
         )
 
-    def _checkpoint(self) -> str:
+    def _checkpoint(self) -> str | None:
+        if self.ranks.distributed:
+            assert self.staging is not None
+            return save_to_store(
+                self.store, self.staging, self.model, self.optimizer, self.scheduler,
+                self.state, self.ranks,
+            )  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="posttrain-ckpt-") as tmp:
             folder = Path(tmp) / "checkpoint"
             write_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.state)
@@ -560,12 +673,17 @@ class _Loop:
 
 
 def _save_artifacts(
-    spec: MethodSpec, model: torch.nn.Module, base: Path, output_dir: Path
+    spec: MethodSpec, model: torch.nn.Module, base: Path, output_dir: Path, ranks: Ranks
 ) -> dict[str, Path]:
     kind = spec.artifact_kind
     dest = output_dir / ("adapter" if kind == "adapter" else "model")
-    spec.save(model, dest)
-    copy_tokenizer_files(base, dest)  # serving needs the chat template next to the weights
+    if ranks.distributed:
+        save_artifact(spec, model, dest, ranks)  # gathered onto rank 0, saved there
+    else:
+        spec.save(model, dest)
+    if ranks.is_main:
+        copy_tokenizer_files(base, dest)  # serving needs the chat template next to the weights
+    ranks.barrier()
     return {kind: dest}
 
 
