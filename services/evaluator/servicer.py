@@ -56,17 +56,16 @@ from posttrain.rpc import (
     current_principal,
     require_role,
 )
+from posttrain.rpc.paging import page_bounds, page_response
 from posttrain.rpc.server import AddServicerFn
 from posttrain.storage import ArtifactStore
-from posttrain.v1 import common_pb2, evaluation_pb2, evaluation_pb2_grpc
+from posttrain.v1 import evaluation_pb2, evaluation_pb2_grpc
 from services.evaluator.handlers import on_model_registered
 from services.evaluator.lookups import GrpcRegistry, forwarded_credentials, own_credentials
 from services.evaluator.settings import EvaluatorSettings
 
 SERVICE_NAME = evaluation_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name
 READ_ROLES = tuple(sorted(ROLES))
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 
 
 class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
@@ -124,7 +123,7 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
 
     def ListReports(self, request, context):
         caller = require_role(current_principal(), *READ_ROLES)
-        offset, limit = _page(request.page)
+        offset, limit = page_bounds(request.page)
         with Session(self.engine) as session:
             rows, total = reports.list_reports(
                 session,
@@ -136,14 +135,14 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
             )
             return evaluation_pb2.ListReportsResponse(
                 reports=[report_proto(r) for r in rows],
-                page=_page_response(offset, len(rows), total),
+                page=page_response(offset, len(rows), total),
             )
 
     # ------------------------------------------------------------------ review
 
     def ListReviewItems(self, request, context):
         caller = require_role(current_principal(), *READ_ROLES)
-        offset, limit = _page(request.page)
+        offset, limit = page_bounds(request.page)
         with Session(self.engine) as session:
             rows, total = review.list_items(
                 session,
@@ -156,7 +155,7 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
             )
             return evaluation_pb2.ListReviewItemsResponse(
                 items=[review.item_proto(r) for r in rows],
-                page=_page_response(offset, len(rows), total),
+                page=page_response(offset, len(rows), total),
             )
 
     def SubmitReviewLabel(self, request, context):
@@ -196,14 +195,14 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
     def ListSuites(self, request, context):
         require_role(current_principal(), *READ_ROLES)
         self.evaluator.suites.ensure_builtin()
-        offset, limit = _page(request.page)
+        offset, limit = page_bounds(request.page)
         with Session(self.engine) as session:
             rows, total = self.evaluator.suites.list_suites(
                 session, name=request.name, offset=offset, limit=limit
             )
             return evaluation_pb2.ListSuitesResponse(
                 suites=[_suite_proto(r) for r in rows],
-                page=_page_response(offset, len(rows), total),
+                page=page_response(offset, len(rows), total),
             )
 
     # ------------------------------------------------------------------ judge
@@ -279,22 +278,6 @@ def _suite_proto(row: SuiteRow, *, already_existed: bool = False) -> evaluation_
 def _scope(caller: Principal) -> str | None:
     """The tenant whose rows the caller may see; None = all (admin)."""
     return None if caller.has_role(Role.ADMIN) else caller.tenant
-
-
-def _page(page: common_pb2.PageRequest) -> tuple[int, int]:
-    size = page.page_size or DEFAULT_PAGE_SIZE
-    if not 0 < size <= MAX_PAGE_SIZE:
-        raise InvalidArgument("page.page_size", f"must be 1..{MAX_PAGE_SIZE} (got {size})")
-    if not page.page_token:
-        return 0, size
-    if not page.page_token.isdigit():
-        raise InvalidArgument("page.page_token", "is not a token this service handed out")
-    return int(page.page_token), size
-
-
-def _page_response(offset: int, returned: int, total: int) -> common_pb2.PageResponse:
-    end = offset + returned
-    return common_pb2.PageResponse(next_page_token=str(end) if end < total else "", total=total)
 
 
 # ------------------------------------------------------------------ wiring

@@ -36,14 +36,14 @@ from posttrain.intake.tokenizers import TokenizerCache
 from posttrain.rpc.auth import Principal, current_principal, require_role
 from posttrain.rpc.client import forwarded_credentials, make_channel
 from posttrain.rpc.errors import InvalidArgument, Unavailable
+from posttrain.rpc.paging import page_bounds, page_response
 from posttrain.rpc.server import AddServicerFn
 from posttrain.storage import ArtifactRef, ArtifactStore
-from posttrain.v1 import common_pb2, intake_pb2, intake_pb2_grpc, registry_pb2, registry_pb2_grpc
+from posttrain.v1 import intake_pb2, intake_pb2_grpc, registry_pb2, registry_pb2_grpc
 from services.intake.settings import IntakeSettings
 
 SERVICE_NAME = intake_pb2.DESCRIPTOR.services_by_name["IntakeService"].full_name
 READ_ROLES = ("viewer", "uploader", "approver", "trainer", "operator", "rater")
-MAX_PAGE = 500
 
 _FORMATS = {
     intake_pb2.DATA_FORMAT_JSONL: DataFormat.JSONL,
@@ -185,23 +185,23 @@ class IntakeServicer(intake_pb2_grpc.IntakeServiceServicer):
 
     def ListDatasets(self, request, context):
         principal = require_role(current_principal(), *READ_ROLES)
-        offset, limit = _page(request.page, "page")
+        offset, limit = page_bounds(request.page)
         with Session(self.engine) as session:
             rows, total = self.catalog.list_datasets(session, principal.tenant, offset, limit)
             return intake_pb2.ListDatasetsResponse(
                 datasets=[self._dataset_proto(session, ds) for ds in rows],
-                page=_page_response(offset, len(rows), total),
+                page=page_response(offset, len(rows), total),
             )
 
     def ListVersions(self, request, context):
         principal = require_role(current_principal(), *READ_ROLES)
-        offset, limit = _page(request.page, "page")
+        offset, limit = page_bounds(request.page)
         with Session(self.engine) as session:
             ds = self.catalog.get_dataset(session, principal.tenant, request.dataset)
             rows, total = self.catalog.list_versions(session, ds, offset, limit)
             return intake_pb2.ListVersionsResponse(
                 versions=[version_proto(ds, row) for row in rows],
-                page=_page_response(offset, len(rows), total),
+                page=page_response(offset, len(rows), total),
             )
 
     def GetVersion(self, request, context):
@@ -305,21 +305,6 @@ def _outbox_emit(session: Session):
         )
 
     return emit
-
-
-def _page(page: common_pb2.PageRequest, field: str) -> tuple[int, int]:
-    size = page.page_size or 50
-    if not 0 < size <= MAX_PAGE:
-        raise InvalidArgument(f"{field}.page_size", f"must be between 1 and {MAX_PAGE}")
-    token = page.page_token or "0"
-    if not token.isdigit():
-        raise InvalidArgument(f"{field}.page_token", "is not a token this service issued")
-    return int(token), size
-
-
-def _page_response(offset: int, count: int, total: int) -> common_pb2.PageResponse:
-    nxt = offset + count
-    return common_pb2.PageResponse(next_page_token=str(nxt) if nxt < total else "", total=total)
 
 
 def build_catalog(settings: IntakeSettings) -> DatasetCatalog:

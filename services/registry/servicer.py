@@ -54,17 +54,16 @@ from posttrain.rpc import (
     current_principal,
     require_role,
 )
+from posttrain.rpc.paging import page_bounds, page_response
 from posttrain.rpc.server import AddServicerFn
 from posttrain.storage import ArtifactStore
-from posttrain.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from posttrain.v1 import registry_pb2, registry_pb2_grpc
 from services.registry import convert
 from services.registry.settings import RegistrySettings
 
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 
 READ_ROLES = (Role.VIEWER, Role.TRAINER, Role.OPERATOR)
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 ALL_TENANTS = "*"
 
 
@@ -107,12 +106,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     def ListBaseModels(self, request, context):
         self._caller(*READ_ROLES)
-        offset, limit = _page(request.page)
+        offset, limit = page_bounds(request.page)
         with self._session() as session:
             rows, total = base_models.list_all(session, offset=offset, limit=limit)
             return registry_pb2.ListBaseModelsResponse(
                 models=[convert.base_model(r) for r in rows],
-                page=_page_response(offset, len(rows), total),
+                page=page_response(offset, len(rows), total),
             )
 
     # ------------------------------------------------------------------ versions
@@ -126,7 +125,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def ListModelVersions(self, request, context):
         caller = self._caller(*READ_ROLES)
         tenant = self._tenant(caller, request.tenant) if request.tenant else ""
-        offset, limit = _page(request.page)
+        offset, limit = page_bounds(request.page)
         with self._session() as session:
             rows, total = versions.list_versions(
                 session,
@@ -140,7 +139,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             verdicts = gate.statuses(session, [r.id for r in rows])
             return registry_pb2.ListModelVersionsResponse(
                 versions=[convert.model_version(r, verdicts[r.id]) for r in rows],
-                page=_page_response(offset, len(rows), total),
+                page=page_response(offset, len(rows), total),
             )
 
     def ArchiveModelVersion(self, request, context):
@@ -225,7 +224,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             tenant = None
         else:
             tenant = self._tenant(caller, request.tenant)
-        offset, limit = _page(request.page)
+        offset, limit = page_bounds(request.page)
         with self._session() as session:
             views, total = aliases.list_aliases(
                 session,
@@ -237,14 +236,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             )
             return registry_pb2.ListAliasesResponse(
                 aliases=[convert.alias(v) for v in views],
-                page=_page_response(offset, len(views), total),
+                page=page_response(offset, len(views), total),
             )
 
     # ------------------------------------------------------------------ audit
 
     def ListAudit(self, request, context):
         caller = self._caller(*READ_ROLES)
-        offset, limit = _page(request.page)
+        offset, limit = page_bounds(request.page)
         with self._session() as session:
             rows, total = audit.list_entries(
                 session,
@@ -257,7 +256,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             )
             return registry_pb2.ListAuditResponse(
                 entries=[convert.audit_entry(r) for r in rows],
-                page=_page_response(offset, len(rows), total),
+                page=page_response(offset, len(rows), total),
             )
 
     # ------------------------------------------------------------------ plumbing
@@ -311,23 +310,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 def _scope(caller: Principal) -> str | None:
     """The tenant whose rows the caller may see; None = all (admin)."""
     return None if caller.has_role(Role.ADMIN) else caller.tenant
-
-
-def _page(page: common_pb2.PageRequest) -> tuple[int, int]:
-    """(offset, limit) of a page request; the page token is the offset of the next page."""
-    size = page.page_size or DEFAULT_PAGE_SIZE
-    if not 0 < size <= MAX_PAGE_SIZE:
-        raise InvalidArgument("page.page_size", f"must be 1..{MAX_PAGE_SIZE} (got {size})")
-    if not page.page_token:
-        return 0, size
-    if not page.page_token.isdigit():
-        raise InvalidArgument("page.page_token", "is not a token this service handed out")
-    return int(page.page_token), size
-
-
-def _page_response(offset: int, returned: int, total: int) -> common_pb2.PageResponse:
-    end = offset + returned
-    return common_pb2.PageResponse(next_page_token=str(end) if end < total else "", total=total)
 
 
 def register(settings: RegistrySettings, engine: Engine) -> list[tuple[AddServicerFn, object]]:

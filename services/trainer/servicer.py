@@ -40,6 +40,7 @@ from posttrain.rpc import (
     current_principal,
     require_role,
 )
+from posttrain.rpc.paging import page_bounds, page_response
 from posttrain.rpc.server import AddServicerFn
 from posttrain.storage import ArtifactRef
 from posttrain.trainer import (
@@ -66,8 +67,6 @@ from services.trainer.settings import TrainerSettings
 
 SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
 READ_ROLES = tuple(sorted(ROLES))
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 
 STATE_TO_PROTO = {
     "QUEUED": training_pb2.JOB_STATE_QUEUED,
@@ -170,7 +169,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
             state = PROTO_TO_STATE.get(request.state)
             if state is None:
                 raise InvalidArgument("state", f"unknown job state {request.state}")
-        offset, limit = _page(request.page)
+        offset, limit = page_bounds(request.page)
         with Session(self.engine) as session:
             rows, total = JobBook(session).list_jobs(
                 tenant_scope=request.tenant or _scope(caller),
@@ -178,12 +177,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
                 offset=offset,
                 limit=limit,
             )
-            end = offset + len(rows)
             return training_pb2.ListJobsResponse(
                 jobs=[job_proto(r) for r in rows],
-                page=common_pb2.PageResponse(
-                    next_page_token=str(end) if end < total else "", total=total
-                ),
+                page=page_response(offset, len(rows), total),
             )
 
     def CancelJob(self, request, context):
@@ -293,16 +289,6 @@ def _job_id(value: str) -> str:
 def _scope(caller: Principal) -> str | None:
     """The tenant whose jobs the caller may see; None = all (admin)."""
     return None if caller.has_role(Role.ADMIN) else caller.tenant
-
-
-def _page(page: common_pb2.PageRequest) -> tuple[int, int]:
-    size = page.page_size or DEFAULT_PAGE_SIZE
-    if not 0 < size <= MAX_PAGE_SIZE:
-        raise InvalidArgument("page.page_size", f"must be 1..{MAX_PAGE_SIZE} (got {size})")
-    token = page.page_token or "0"
-    if not token.isdigit():
-        raise InvalidArgument("page.page_token", "is not a token this service handed out")
-    return int(token), size
 
 
 def _outbox_emit(session: Session):
