@@ -14,7 +14,9 @@ Who may call what (admin holds every role):
 Tenants: reports, review items and anchor sets belong to the model version's tenant; a
 caller sees and labels only its own tenant's (another tenant's report or item is
 NOT_FOUND); admin reads any tenant's. RunEvaluation looks the version up in the registry
-with the caller's own key, so the registry's tenant rules hold for it too. Suites are
+with the caller's own key, so the registry's tenant rules hold for it too;
+RunEvaluation("base:<name>") evaluates a registered base model itself, for the caller's
+tenant (base models are shared: each tenant gets its own report of one). Suites are
 shared by every tenant (like base models); uploading one is an operator's decision,
 since its gate policy decides releases.
 """
@@ -42,6 +44,7 @@ from posttrain.evaluator import (
     reports,
     review,
 )
+from posttrain.evaluator.models import base_model_name
 from posttrain.evaluator.suites import manifest_ref
 from posttrain.evaluator.tables import SuiteRow
 from posttrain.events import EVENTS_MIGRATIONS, EventRuntime, topics
@@ -81,7 +84,11 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
 
     def RunEvaluation(self, request, context):
         caller = require_role(current_principal(), Role.OPERATOR, Role.TRAINER)
-        names.check_version_id(request.model_version_id)
+        base_name = base_model_name(request.model_version_id)
+        if base_name is None:
+            names.check_version_id(request.model_version_id)
+        elif not base_name:
+            raise InvalidArgument("model_version_id", "name the base model: 'base:<name>'")
         if request.seed < 0:
             raise InvalidArgument("seed", "must be >= 0 (0 = the configured seed)")
         if request.use_case:
@@ -89,14 +96,17 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
         if request.suite_version and not request.suite:
             raise InvalidArgument("suite", "name the suite whose suite_version you give")
         registry = self.registry.bound(forwarded_credentials(context))
-        version = registry.get_model_version(request.model_version_id)
-        if version.tenant != caller.tenant and not caller.has_role(Role.ADMIN):
-            raise PermissionDenied(
-                f"{caller.name!r} of tenant {caller.tenant!r} may not evaluate tenant "
-                f"{version.tenant!r}'s model versions"
-            )
         try:
-            model = ModelUnderTest.from_version(version)
+            if base_name is not None:  # shared by all tenants: evaluated for the caller's
+                model = ModelUnderTest.from_base(registry.get_base_model(base_name), caller.tenant)
+            else:
+                version = registry.get_model_version(request.model_version_id)
+                if version.tenant != caller.tenant and not caller.has_role(Role.ADMIN):
+                    raise PermissionDenied(
+                        f"{caller.name!r} of tenant {caller.tenant!r} may not evaluate tenant "
+                        f"{version.tenant!r}'s model versions"
+                    )
+                model = ModelUnderTest.from_version(version)
         except ValueError as exc:
             raise InvalidArgument("model_version_id", f"the registry's record: {exc}") from None
         row = self.evaluator.run(

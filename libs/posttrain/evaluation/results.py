@@ -25,10 +25,13 @@ REPORT_FORMAT = "posttrain.evaluation_report.v1"
 
 @dataclass(frozen=True)
 class Provenance:
-    """What the numbers are tied to. The caller fills in the first five; run_suite adds
+    """What the numbers are tied to. The caller fills in the first six; run_suite adds
     the rest from the suite, the judge, the policy and the seed."""
 
     model_version_id: str = ""
+    # whose evaluation: the tenant's anchor set calibrated the judge. A base model is
+    # shared by every tenant, and each gets a report of its own.
+    tenant: str = ""
     adapter: str = ""  # the adapter evaluated on the model ("" when none / merged)
     prompt_template_revision: str = ""  # revision of the chat/prompt template used
     code_version: str = ""  # "" -> `git describe` of the running code

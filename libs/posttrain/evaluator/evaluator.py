@@ -10,6 +10,7 @@ RPC's transaction only begins in `record`, for a few inserts):
   4. find the production version of the same use case (the registry's aliases) and its
      latest report on this suite version; when it has none, evaluate it first as a
      baseline (recorded as a report of its own) so the regression rules can apply;
+     a base model ("base:<name>", ModelUnderTest.from_base) is compared with nothing;
   5. load the model (ModelLoader) and run_suite with LocalHFGenerator, or, when it can't
      be loaded, make a FAIL report that says why;
   6. store report.json + report.html as evaluations/<tenant>/<model_version_id>/<id>.
@@ -153,10 +154,10 @@ class Evaluator:
         stored, suite, cut_note = self.resolve_suite(request.suite, request.suite_version)
         seed = self.config.seed if request.seed is None else request.seed
         model = request.model
-        if (existing := self._existing(model.id, suite.version, seed)) is not None:
+        if (existing := self._existing(model, suite.version, seed)) is not None:
             return Outcome(existing=existing)
         with self._lock:
-            if (existing := self._existing(model.id, suite.version, seed)) is not None:
+            if (existing := self._existing(model, suite.version, seed)) is not None:
                 return Outcome(existing=existing)
             judge = self.judge(registry)
             calibration = self.calibration(model.tenant, suite, judge)
@@ -249,9 +250,9 @@ class Evaluator:
 
     # ------------------------------------------------------------------ steps
 
-    def _existing(self, model_version_id: str, suite_version: str, seed: int) -> ReportRow | None:
+    def _existing(self, model: ModelUnderTest, suite_version: str, seed: int) -> ReportRow | None:
         with Session(self.engine, expire_on_commit=False) as session:
-            return reports.find(session, model_version_id, suite_version, seed)
+            return reports.find(session, model.tenant, model.id, suite_version, seed)
 
     def _production(
         self,
@@ -266,6 +267,13 @@ class Evaluator:
         if request.trigger == TRIGGER_BASELINE:
             return _Production()
         model = request.model
+        if model.is_base:
+            return _Production(
+                notes=(
+                    f"regression not checked: {model.id} is a base model, not a release "
+                    "candidate (read it side by side with the tuned versions' reports)",
+                )
+            )
         alias, why = self._production_alias(model, request.use_case, registry)
         if alias is None:
             return _Production(notes=(f"regression not checked: {why}",))
@@ -366,6 +374,7 @@ class Evaluator:
     ) -> PublishedReport:
         provenance = Provenance(
             model_version_id=model.id,
+            tenant=model.tenant,
             prompt_template_revision=model.chat_template_revision,
             code_version=self.code_version,
             generator=GENERATOR,
@@ -483,7 +492,10 @@ class Evaluator:
                 return row
         except IntegrityError:  # recorded concurrently (another process, a redelivery)
             p = published.result.provenance
-            row = self._existing(p.model_version_id, p.suite_version, p.seed)
+            with Session(self.engine, expire_on_commit=False) as session:
+                row = reports.find(
+                    session, published.tenant, p.model_version_id, p.suite_version, p.seed
+                )
             if row is None:
                 raise
             return row

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from posttrain.registry.names import VERSION_ID
 from posttrain.rpc.errors import NotFound, ServiceError
 from posttrain.storage import (
     ArtifactRef,
@@ -32,6 +33,10 @@ from posttrain.v1 import common_pb2, events_pb2, registry_pb2
 
 log = logging.getLogger(__name__)
 
+# RunEvaluation(model_version_id="base:<name>") evaluates a registered base model itself,
+# named as the gateway names a base-model experiment variant (gateway.names.BASE_VARIANT_PREFIX).
+BASE_PREFIX = "base:"
+KIND_BASE = "base"
 KIND_WORDS = {
     common_pb2.MODEL_KIND_ADAPTER: "adapter",
     common_pb2.MODEL_KIND_MERGED: "merged",
@@ -39,6 +44,15 @@ KIND_WORDS = {
 }
 # Storage trouble that a retry may fix: never a verdict about the model.
 TRANSIENT = (EndpointUnreachable, CredentialsRefused, BucketMissing)
+
+
+def base_model_name(model_version_id: str) -> str | None:
+    """The base model's name of "base:<name>", else None. A model version id wins:
+    "base:v3" is version 3 of a model named "base" (so a base model named like "v3"
+    can't be evaluated this way)."""
+    if model_version_id.startswith(BASE_PREFIX) and not VERSION_ID.fullmatch(model_version_id):
+        return model_version_id.removeprefix(BASE_PREFIX)
+    return None
 
 
 class ModelUnloadable(Exception):
@@ -61,9 +75,9 @@ class Registry(Protocol):
 class ModelUnderTest:
     """A registered model version, as model.registered or GetModelVersion describe it."""
 
-    id: str  # "<name>:v<N>"
-    tenant: str
-    kind: str  # adapter | merged | full
+    id: str  # "<name>:v<N>", or "base:<name>" for a base model
+    tenant: str  # the version's tenant; a base model's: the tenant that asked
+    kind: str  # adapter | merged | full | base
     base_model: str
     artifacts: tuple[ArtifactRef, ...]
     chat_template_revision: str = ""
@@ -72,6 +86,25 @@ class ModelUnderTest:
     @property
     def name(self) -> str:
         return self.id.rpartition(":v")[0] or self.id
+
+    @property
+    def is_base(self) -> bool:
+        return self.kind == KIND_BASE
+
+    @classmethod
+    def from_base(cls, base: registry_pb2.BaseModel, tenant: str) -> ModelUnderTest:
+        """A registered base model (GetBaseModel) as `base:<name>`, evaluated for `tenant`:
+        base models are shared, so each tenant gets reports of its own."""
+        if not base.weights.uri:
+            raise ValueError(f"base model {base.name!r} has no weights")
+        return cls(
+            id=BASE_PREFIX + base.name,
+            tenant=tenant,
+            kind=KIND_BASE,
+            base_model=base.name,
+            artifacts=tuple(_refs([base.weights], "weights")),
+            chat_template_revision=base.chat_template_revision,
+        )
 
     @classmethod
     def from_registered(cls, event: events_pb2.ModelRegistered) -> ModelUnderTest:
@@ -193,10 +226,14 @@ class ModelLoader:
     def load(self, model: ModelUnderTest, registry: Registry) -> LoadedModel:
         """The model ready to generate; ModelUnloadable when its files can't make a model."""
         try:
-            artifact = pick_artifact(model, self.store)
-            artifact_dir = self.folder(artifact, "models")
             weights = None
-            if (artifact_dir / "adapter_config.json").is_file():
+            if model.is_base:  # the same cache as the bases adapters load onto
+                artifact = model.artifacts[0]
+                artifact_dir = self.folder(artifact, "base-models")
+            else:
+                artifact = pick_artifact(model, self.store)
+                artifact_dir = self.folder(artifact, "models")
+            if not model.is_base and (artifact_dir / "adapter_config.json").is_file():
                 weights = self._base_weights(model, registry)
             base_dir = self.folder(weights, "base-models") if weights else None
             net, tokenizer = self._from_folders(artifact_dir, base_dir)

@@ -1,7 +1,8 @@
 """Reports: recording one (its row, its review items and evaluation.completed, in the
 caller's one transaction) and reading them back, tenant by tenant.
 
-At most one report per (model version, suite version, seed): `record` returns the row
+At most one report per (tenant, model version, suite version, seed) (a version has one
+tenant; a base model "base:<name>" one report per tenant): `record` returns the row
 already there instead of adding a second, and the table's unique constraint stops a
 concurrent writer that got past that check (its transaction fails; the caller retries
 and finds the row).
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from posttrain.db import utcnow
 from posttrain.evaluation import EvaluationResult, sample_for_review
+from posttrain.evaluator.models import base_model_name
 from posttrain.evaluator.tables import ReportRow, ReviewItemRow
 from posttrain.events import add_to_outbox, topics
 from posttrain.rpc.errors import NotFound
@@ -69,10 +71,13 @@ def outbox_emitter(session: Session, *, correlation_id: str = "") -> Emit:
 
 
 def find(
-    session: Session, model_version_id: str, suite_version: str, seed: int
+    session: Session, tenant: str, model_version_id: str, suite_version: str, seed: int
 ) -> ReportRow | None:
+    """The tenant's report of (version, suite version, seed). A model version belongs to
+    one tenant; a base model ("base:<name>") has a report per tenant."""
     return session.scalar(
         sa.select(ReportRow).where(
+            ReportRow.tenant == tenant,
             ReportRow.model_version_id == model_version_id,
             ReportRow.suite_version == suite_version,
             ReportRow.seed == seed,
@@ -104,7 +109,7 @@ def record(
     evaluation.completed; (row, created). A report already there is returned as it is."""
     result = published.result
     p = result.provenance
-    existing = find(session, p.model_version_id, p.suite_version, p.seed)
+    existing = find(session, published.tenant, p.model_version_id, p.suite_version, p.seed)
     if existing is not None:
         return existing, False
     now = utcnow()
@@ -158,6 +163,9 @@ def record(
                 created_at=now,
             )
         )
+    if base_model_name(p.model_version_id) is not None:
+        # A base model is no release candidate: the registry has no version to gate.
+        return row, True
     emit(
         topics.EVALUATION_COMPLETED,
         result.to_event(report=published.artifact.to_proto()),

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from posttrain.db import Base, Migration
 
 _ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")
+REPORT_UNIQUE = "uq_evaluator_reports_tenant_version_suite_seed"
 
 
 class SuiteRow(Base):
@@ -42,7 +43,11 @@ class ReportRow(Base):
     guard that makes a redelivered model.registered (under any event id) a no-op."""
 
     __tablename__ = "evaluator_reports"
-    __table_args__ = (sa.UniqueConstraint("model_version_id", "suite_version", "seed"),)
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "tenant", "model_version_id", "suite_version", "seed", name=REPORT_UNIQUE
+        ),
+    )
 
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # "eval-<hash>"
     tenant: Mapped[str] = mapped_column(sa.String(200), index=True)
@@ -224,4 +229,28 @@ def _m0001(op: Operations) -> None:
     )
 
 
-EVALUATOR_MIGRATIONS = [Migration("0001_suites_reports_reviews_anchors", _m0001)]
+def _m0002(op: Operations) -> None:
+    """One report per tenant of (version, suite version, seed): base models ("base:<name>")
+    are shared, and each tenant evaluates them with its own anchors and review queue."""
+    old = ["model_version_id", "suite_version", "seed"]
+    new = ["tenant", *old]
+    bind = op.get_bind()
+    if bind.dialect.name == "sqlite":  # no ALTER of constraints: the table is copied
+        # 0001's constraint has no name; the convention names it when reflected.
+        convention = {"uq": "uq_%(table_name)s_%(column_0_N_name)s"}
+        with op.batch_alter_table(
+            "evaluator_reports", recreate="always", naming_convention=convention
+        ) as batch:
+            batch.drop_constraint("uq_evaluator_reports_" + "_".join(old), type_="unique")
+            batch.create_unique_constraint(REPORT_UNIQUE, new)
+        return
+    for constraint in sa.inspect(bind).get_unique_constraints("evaluator_reports"):
+        if constraint["column_names"] == old:
+            op.drop_constraint(constraint["name"], "evaluator_reports", type_="unique")
+    op.create_unique_constraint(REPORT_UNIQUE, "evaluator_reports", new)
+
+
+EVALUATOR_MIGRATIONS = [
+    Migration("0001_suites_reports_reviews_anchors", _m0001),
+    Migration("0002_reports_unique_per_tenant", _m0002),
+]
