@@ -12,12 +12,15 @@ trouble (S3, the registry away) raises and is retried, then dead-lettered.
 
 from __future__ import annotations
 
+import time
+
 from posttrain.evaluator import (
     TRIGGER_EVENT,
     EvaluationRequest,
     Evaluator,
     ModelUnderTest,
     Registry,
+    metrics,
 )
 from posttrain.events import HandlerContext, PoisonEvent, ReceivedEvent
 from posttrain.v1 import events_pb2
@@ -36,6 +39,7 @@ def on_model_registered(
     except ValueError as exc:
         raise PoisonEvent(str(exc)) from None
     envelope = event.envelope()
+    started = time.perf_counter()
     outcome = evaluator.evaluate(
         EvaluationRequest(
             model,
@@ -44,10 +48,12 @@ def on_model_registered(
         ),
         registry,
     )
-    evaluator.record(
+    row, created = evaluator.record(
         ctx.session,
         lambda event_type, message, aggregate: ctx.emit(
             event_type, message, aggregate_id=aggregate
         ),
         outcome,
     )
+    if created:
+        metrics.observe(TRIGGER_EVENT, row.verdict, time.perf_counter() - started)

@@ -23,13 +23,15 @@ since its gate policy decides releases.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from posttrain.db import apply_migrations, session_scope
+from posttrain.db import apply_migrations, session_scope, utcnow
 from posttrain.evaluation import dump_anchors
 from posttrain.evaluation.calibration import anchor_set_version
 from posttrain.evaluator import (
@@ -40,6 +42,7 @@ from posttrain.evaluator import (
     ModelLoader,
     ModelUnderTest,
     SuiteCatalog,
+    metrics,
     report_proto,
     reports,
     review,
@@ -96,6 +99,7 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
         if request.suite_version and not request.suite:
             raise InvalidArgument("suite", "name the suite whose suite_version you give")
         registry = self.registry.bound(forwarded_credentials(context))
+        started, started_at = time.perf_counter(), utcnow()
         try:
             if base_name is not None:  # shared by all tenants: evaluated for the caller's
                 model = ModelUnderTest.from_base(registry.get_base_model(base_name), caller.tenant)
@@ -122,6 +126,9 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
             registry,
             correlation_id=current_correlation_id() or "",
         )
+        created_at = row.created_at.replace(tzinfo=row.created_at.tzinfo or dt.UTC)
+        if created_at >= started_at:  # evaluated now, not a report recorded before
+            metrics.observe(TRIGGER_RPC, row.verdict, time.perf_counter() - started)
         return report_proto(row)
 
     def GetReport(self, request, context):

@@ -1,6 +1,6 @@
 """The gateway's background side: the deployment.requested consumer (thin shell over
 posttrain.gateway's DeploymentController), the reconciler that reloads models Triton
-lost, the buffered event publisher and the Prometheus endpoint.
+lost, and the buffered event publisher. (service_main serves /metrics.)
 
 deployment.requested is idempotent twice over: the consumer skips an event id it has
 handled, and the controller answers a deployment id it has handled from its row, without
@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 
-from prometheus_client import start_http_server
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -75,28 +74,11 @@ class Reconciler:
             self._thread.join(10.0)
 
 
-class MetricsEndpoint:
-    """Prometheus /metrics on `port` (the process's default registry)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self._server = None
-
-    def start(self) -> MetricsEndpoint:
-        self._server, _ = start_http_server(self.port, addr=self.host)
-        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-
 def workers(settings: GatewaySettings, engine: Engine) -> list:
     app = build_app(settings, engine)
-    running: list = [
+    return [
         app.gateway.records,  # stopped last: writes the records still pending
+        *([app.grader] if app.grader is not None else []),  # stopped before the records
         app.events,
         EventRuntime(
             settings.kafka,
@@ -107,6 +89,3 @@ def workers(settings: GatewaySettings, engine: Engine) -> list:
         ),
         Reconciler(app.controller, engine, settings.reconcile_interval_s),
     ]
-    if settings.metrics_port:
-        running.append(MetricsEndpoint(settings.grpc.host, settings.metrics_port))
-    return running

@@ -44,6 +44,7 @@ from posttrain.registry import (
     versions,
 )
 from posttrain.registry.emit import Emit
+from posttrain.registry.metrics import alias_change
 from posttrain.rpc import (
     Conflict,
     InvalidArgument,
@@ -176,7 +177,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             require_role(caller, Role.OPERATOR)  # stays true if promotion opens to more roles
         stage = convert.stage_word(request.stage)
         tenant = self._tenant(caller, request.tenant)
-        with self._session() as session:
+        with alias_change("promote", stage), self._session() as session:
             change = aliases.promote(
                 session,
                 version_id=request.model_version_id,
@@ -196,7 +197,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         caller = self._caller(Role.OPERATOR)
         stage = convert.stage_word(request.stage)
         tenant = self._tenant(caller, request.tenant)
-        with self._session() as session:
+        with alias_change("rollback", stage), self._session() as session:
             change = aliases.rollback(
                 session,
                 tenant=tenant,

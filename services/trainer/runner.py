@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from posttrain.db import create_db_engine
 from posttrain.events import EventRuntime
-from posttrain.rpc import configure_logging, service_main
+from posttrain.rpc import MetricsEndpoint, configure_logging, service_main
 from services.trainer.servicer import SERVICE_NAME, migrate, register
 from services.trainer.settings import TrainerSettings
 from services.trainer.workers import WorkerRuntime
@@ -40,12 +40,16 @@ def run_api(settings: TrainerSettings) -> int:
 
 
 def run_worker(settings: TrainerSettings) -> int:
-    """A worker with no gRPC server, until SIGTERM/SIGINT."""
+    """A worker with no gRPC server (but /metrics on settings.metrics_port, if set), until
+    SIGTERM/SIGINT."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     engine = create_db_engine(settings.database_url())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    endpoint = None
+    if settings.metrics_port:
+        endpoint = MetricsEndpoint(settings.grpc.host, settings.metrics_port).start()
     try:
         (runtime,) = _worker(settings, engine)
         runtime.start()
@@ -54,5 +58,7 @@ def run_worker(settings: TrainerSettings) -> int:
         log.info("stopping training worker %s", runtime.worker_id)
         runtime.stop()
     finally:
+        if endpoint is not None:
+            endpoint.stop()
         engine.dispose()
     return 0

@@ -8,6 +8,10 @@ For each record, in partition order:
      once for a PoisonEvent, put a DeadLetter (error + original record) on <topic>.dlq;
   4. commit the Kafka offset only after 2 or 3 finished.
 A crash anywhere re-delivers from the last committed offset; step 1 makes that harmless.
+
+Each record is handled under its correlation id (posttrain.correlation): log lines show
+it, and follow-up events keep it. Metrics: events by outcome, failed handler attempts,
+handler time, and the group's lag per partition (refreshed every `lag_interval_s`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ import sqlalchemy as sa
 from google.protobuf.message import Message
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from posttrain.config import KafkaSettings
+from posttrain.correlation import correlation_scope, valid_correlation_id
 from posttrain.db import utcnow
 from posttrain.events import envelope as envelopes
 from posttrain.events.outbox import add_to_outbox
@@ -44,10 +49,23 @@ from posttrain.v1 import events_pb2
 log = logging.getLogger(__name__)
 
 EVENTS_HANDLED = Counter(
-    "posttrain_events_handled_total", "events handled", ["group", "topic", "outcome"]
+    "posttrain_events_handled_total",
+    "events taken care of, by outcome: handled, duplicate, dead_lettered",
+    ["group", "topic", "outcome"],
+)
+EVENT_FAILURES = Counter(
+    "posttrain_events_failed_total",
+    "handler attempts that raised (each is retried or dead-lettered)",
+    ["group", "topic"],
 )
 EVENT_HANDLE_SECONDS = Histogram(
     "posttrain_event_handle_seconds", "handler time per event", ["group", "topic"]
+)
+CONSUMER_LAG = Gauge(
+    "posttrain_events_consumer_lag",
+    "records on the partition this group has not taken care of yet (end offset minus "
+    "the next offset to handle)",
+    ["group", "topic", "partition"],
 )
 
 
@@ -92,6 +110,25 @@ class ReceivedEvent:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PoisonEvent(f"value is not valid JSON: {exc}") from exc
 
+    def correlation_id(self) -> str:
+        """The operation this event belongs to: the envelope's correlation id, else the
+        record's correlation-id header, else its dedupe key (an upstream event id), so
+        that a redelivery logs under the same id."""
+        if not self.is_json:
+            try:
+                cid = envelopes.decode(self.value).correlation_id
+            except envelopes.EnvelopeError:
+                cid = ""
+            if valid_correlation_id(cid):
+                return cid
+        header = self.headers.get("correlation-id", b"").decode(errors="replace")
+        if valid_correlation_id(header):
+            return header
+        key = self.dedupe_key()
+        if valid_correlation_id(key):
+            return key
+        return "event:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
     def dedupe_key(self) -> str:
         """The idempotency key: the envelope's event id, a JSON event's `event_id`, or,
         for anything else, a hash of the exact bytes (a replay of identical bytes)."""
@@ -124,9 +161,9 @@ class HandlerContext:
     _dead_letter_reason: str | None = field(default=None, init=False)
 
     def emit(self, event_type: str, payload: Message, *, aggregate_id: str) -> events_pb2.Envelope:
-        """Stage a follow-up event in the handler's transaction (outbox)."""
+        """Stage a follow-up event in the handler's transaction (outbox); it keeps the
+        correlation id of the event being handled."""
         causation = None
-        correlation = ""
         if not self.event.is_json:
             try:
                 causation = envelopes.decode(self.event.value)
@@ -138,7 +175,7 @@ class HandlerContext:
             payload,
             producer=self.producer_name,
             aggregate_id=aggregate_id,
-            correlation_id=correlation,
+            correlation_id=self.event.correlation_id(),
             causation=causation,
         )
 
@@ -175,6 +212,7 @@ class EventConsumer:
         max_poll_records: int = 100,
         max_poll_interval_ms: int = 600_000,
         auto_offset_reset: str = "earliest",
+        lag_interval_s: float = 5.0,
     ):
         if not handlers:
             raise ValueError("an EventConsumer needs at least one topic handler")
@@ -183,6 +221,9 @@ class EventConsumer:
         self.engine = engine
         self.producer = producer
         self.retry = retry or RetryPolicy()
+        self.lag_interval_s = lag_interval_s
+        self._next_lag_at = 0.0
+        self._lag_reported: set[TopicPartition] = set()
         self._stop = threading.Event()
         self._consumer = KafkaConsumer(
             *self.handlers,
@@ -209,6 +250,7 @@ class EventConsumer:
         dead-lettered: a crash before the commit re-delivers records whose effects the
         dedupe table already holds, so they are skipped, never applied twice."""
         batches = self._consumer.poll(timeout_ms=timeout_ms)
+        self._update_lag(batches)
         done = 0
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         try:
@@ -243,6 +285,8 @@ class EventConsumer:
         self._stop.set()
 
     def close(self) -> None:
+        self._forget_lag(self._lag_reported)
+        self._lag_reported = set()
         try:
             self._consumer.close(autocommit=False)
         except Exception:  # noqa: BLE001 - closing a broken connection must not mask the cause
@@ -250,6 +294,34 @@ class EventConsumer:
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment())
+
+    def _update_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Sets the lag gauge of the assigned partitions, at most every lag_interval_s:
+        the next offset to handle is the first record just polled, else the position."""
+        now = time.monotonic()
+        if now < self._next_lag_at:
+            return
+        self._next_lag_at = now + self.lag_interval_s
+        try:
+            assigned = set(self._consumer.assignment())
+            ends = self._consumer.end_offsets(list(assigned), timeout_ms=2000) if assigned else {}
+            for tp in assigned:
+                records = batches.get(tp)
+                next_offset = records[0].offset if records else self._consumer.position(tp)
+                if tp in ends and next_offset is not None:
+                    lag = max(0, ends[tp] - next_offset)
+                    CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
+            self._forget_lag(self._lag_reported - assigned)  # moved to another member
+            self._lag_reported = assigned
+        except Exception:  # noqa: BLE001 - a metric must never stop consumption
+            log.debug("could not measure the lag of %s", self.group_id, exc_info=True)
+
+    def _forget_lag(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            try:
+                CONSUMER_LAG.remove(self.group_id, tp.topic, str(tp.partition))
+            except KeyError:  # another consumer of the group in this process did
+                pass
 
     # ------------------------------------------------------------------ one record
 
@@ -263,6 +335,10 @@ class EventConsumer:
             value=record.value or b"",
             headers={k: (v or b"") for k, v in (record.headers or [])},
         )
+        with correlation_scope(event.correlation_id()):
+            return self._process_event(event)
+
+    def _process_event(self, event: ReceivedEvent) -> bool:
         key = event.dedupe_key()
         if self._already_processed(key):
             log.info("duplicate event %s on %s ignored", key, event.topic)
@@ -284,9 +360,11 @@ class EventConsumer:
                 EVENTS_HANDLED.labels(self.group_id, event.topic, "duplicate").inc()
                 return True
             except PoisonEvent as exc:
+                EVENT_FAILURES.labels(self.group_id, event.topic).inc()
                 self._dead_letter(event, key, exc, attempt)
                 return True
             except Exception as exc:  # noqa: BLE001 - any handler failure is retried
+                EVENT_FAILURES.labels(self.group_id, event.topic).inc()
                 if attempt >= self.retry.max_attempts:
                     self._dead_letter(event, key, exc, attempt)
                     return True

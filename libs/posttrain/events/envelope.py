@@ -13,6 +13,7 @@ import uuid
 
 from google.protobuf.message import DecodeError, Message
 
+from posttrain.correlation import current_correlation_id
 from posttrain.events.topics import payload_type
 from posttrain.v1 import events_pb2
 
@@ -53,9 +54,11 @@ def make_envelope(
         event_type=event_type,
         schema_version=SCHEMA_VERSION,
         producer=producer,
-        # A follow-up event keeps the correlation id of what caused it.
+        # A follow-up event keeps the correlation id of what caused it; an event staged in
+        # an RPC or by a job takes the id of that operation (see posttrain.correlation).
         correlation_id=correlation_id
         or (causation.correlation_id if causation else "")
+        or current_correlation_id()
         or new_event_id(),
         causation_id=causation.event_id if causation else "",
         aggregate_id=aggregate_id,

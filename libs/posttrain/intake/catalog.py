@@ -29,6 +29,7 @@ from posttrain.data import IntakeConfig, TokenCounter, ValidationResult, diff, r
 from posttrain.data.config import DataFormat, InvalidRowPolicy, RowSchema
 from posttrain.db import utcnow
 from posttrain.events import topics
+from posttrain.intake import metrics
 from posttrain.intake.tables import AuditRow, DatasetRow, DatasetVersionRow
 from posttrain.rpc.errors import (
     FailedPrecondition,
@@ -164,12 +165,15 @@ class DatasetCatalog:
                 )
             received = hashing.sha.hexdigest()
             if expected_sha256 and received != expected_sha256:
+                metrics.VERSIONS.labels("refused").inc()
                 raise InvalidArgument(
                     "sha256",
                     f"checksum mismatch: the object hashes to {received}, "
                     f"the event says {expected_sha256}",
                 )
+            metrics.count_rows(result)
             if not result.accepted:
+                metrics.VERSIONS.labels("refused").inc()
                 raise _refused(result)
             report = result.to_proto(dataset=spec.dataset)
             # dataset.json: how to verify and reproduce the version (rules, counts, split).
@@ -235,6 +239,7 @@ class DatasetCatalog:
             )
         )
         if existing is not None:
+            metrics.VERSIONS.labels("existing").inc()
             return RecordedVersion(row=existing, dataset=dataset, already_existed=True)
 
         if approved_upstream_by:
@@ -304,6 +309,7 @@ class DatasetCatalog:
         if state == APPROVED:
             _audit(session, reviewer, "approved", subject, reason, {})
             emit(topics.DATASET_APPROVED, self._approved_event(dataset, row), dataset.name)
+        metrics.VERSIONS.labels("created").inc()
         return RecordedVersion(row=row, dataset=dataset, already_existed=False)
 
     def _dataset_for_upload(self, session: Session, spec: UploadSpec, actor: str) -> DatasetRow:

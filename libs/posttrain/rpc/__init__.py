@@ -1,5 +1,5 @@
 """The gRPC layer every service shares: server, API-key auth, error mapping, correlation
-ids and logging, client channels, and the common service start-up.
+ids and logging, Prometheus metrics, client channels, and the common service start-up.
 
 It knows nothing of any one service's API; servicers live in services/ and call library
 cores that know nothing of gRPC.
@@ -41,6 +41,7 @@ from posttrain.rpc.logs import (
     correlation_scope,
     current_correlation_id,
 )
+from posttrain.rpc.metrics import MetricsEndpoint, MetricsInterceptor
 from posttrain.rpc.server import GrpcServer
 from posttrain.rpc.service import RpcServiceSettings, service_main, standard_interceptors
 
@@ -59,6 +60,8 @@ __all__ = [
     "FieldViolation",
     "GrpcServer",
     "InvalidArgument",
+    "MetricsEndpoint",
+    "MetricsInterceptor",
     "NotFound",
     "PermissionDenied",
     "Principal",

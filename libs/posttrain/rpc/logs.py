@@ -2,26 +2,28 @@
 
 A correlation id names one user-visible operation as it crosses services. The server
 interceptor takes it from the `x-correlation-id` metadata (or makes one) and keeps it in
-a contextvar for the length of the RPC; the client interceptor sends the current one on
+the contextvar of posttrain.correlation for the length of the RPC; the client interceptor sends the current one on
 outgoing calls; every log record gets it, and the service name, through ContextFilter.
 Named logs.py so that it never shadows the standard library's logging.
 """
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import json
 import logging
-import re
 import sys
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import grpc
 
+from posttrain.correlation import (
+    correlation_scope,
+    current_correlation_id,
+    new_correlation_id,
+    set_correlation_id,
+    valid_correlation_id,
+)
 from posttrain.rpc._interceptors import (
     MetadataClientInterceptor,
     in_own_context,
@@ -34,35 +36,18 @@ CORRELATION_ID_HEADER = "x-correlation-id"
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(service)s [%(correlation_id)s] %(name)s: %(message)s"
 
-# Ids from clients end up in log lines: keep them short and free of anything that could
-# forge a line (newlines, quotes) or a field.
-_VALID_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "posttrain_correlation_id", default=None
-)
-
-
-def new_correlation_id() -> str:
-    return uuid.uuid4().hex
-
-
-def current_correlation_id() -> str | None:
-    return _correlation_id.get()
-
-
-@contextmanager
-def correlation_scope(correlation_id: str | None = None) -> Iterator[str]:
-    """Runs a block under `correlation_id` (a new one if None): for event handlers and CLIs."""
-    cid = correlation_id if valid_correlation_id(correlation_id) else new_correlation_id()
-    token = _correlation_id.set(cid)
-    try:
-        yield cid
-    finally:
-        _correlation_id.reset(token)
-
-
-def valid_correlation_id(value: str | None) -> bool:
-    return bool(value) and _VALID_CORRELATION_ID.fullmatch(value) is not None
+__all__ = [
+    "CORRELATION_ID_HEADER",
+    "ContextFilter",
+    "CorrelationIdInterceptor",
+    "JsonFormatter",
+    "configure_logging",
+    "correlation_id_client_interceptor",
+    "correlation_scope",
+    "current_correlation_id",
+    "new_correlation_id",
+    "valid_correlation_id",
+]
 
 
 class CorrelationIdInterceptor(grpc.ServerInterceptor):
@@ -73,11 +58,9 @@ class CorrelationIdInterceptor(grpc.ServerInterceptor):
         if handler is None or is_infrastructure(handler_call_details.method):
             return handler
         incoming = metadata_value(handler_call_details.invocation_metadata, CORRELATION_ID_HEADER)
-        if not valid_correlation_id(incoming):
-            incoming = None
 
         def setup(_request: Any, _context: grpc.ServicerContext) -> None:
-            _correlation_id.set(incoming or new_correlation_id())
+            set_correlation_id(incoming)
 
         return wrap_handler(handler, lambda b, streaming: in_own_context(setup, b, streaming))
 

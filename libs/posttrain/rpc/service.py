@@ -23,6 +23,7 @@ from posttrain.rpc.auth import (
 )
 from posttrain.rpc.errors import ErrorInterceptor
 from posttrain.rpc.logs import CorrelationIdInterceptor, configure_logging
+from posttrain.rpc.metrics import MetricsEndpoint, MetricsInterceptor
 from posttrain.rpc.server import AddServicerFn, GrpcServer
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,11 @@ RegisterFn = Callable[[Any, Engine], Sequence[tuple[AddServicerFn, Any]]]
 def standard_interceptors(
     keys: ApiKeyStore, *, auth_required: bool = True
 ) -> list[grpc.ServerInterceptor]:
-    """Outermost first: the correlation id is set before anything logs, and errors raised
-    by auth or by the handler are mapped in one place."""
+    """Outermost first: metrics see the final status of every call, the correlation id is
+    set before anything logs, and errors raised by auth or by the handler are mapped in
+    one place."""
     return [
+        MetricsInterceptor(),
         CorrelationIdInterceptor(),
         ErrorInterceptor(),
         AuthInterceptor(keys, required=auth_required),
@@ -71,8 +74,9 @@ def service_main(
     service_names: Sequence[str],
     workers: WorkersFn | None = None,
 ) -> int:
-    """Logging, database and auth migrations, background workers, the server; serves
-    until SIGTERM. Returns the process exit code."""
+    """Logging, database and auth migrations, the /metrics endpoint (settings.metrics_port,
+    0 = none), background workers, the server; serves until SIGTERM. Returns the process
+    exit code."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     engine = create_db_engine(settings.database_url())
     auth_engine = create_db_engine(settings.auth.db_url) if settings.auth.db_url else engine
@@ -84,7 +88,10 @@ def service_main(
                 keys, settings.auth.bootstrap_admin_key, tenant=settings.auth.bootstrap_tenant
             )
         servicers = register(settings, engine)
-        running = list(workers(settings, engine)) if workers else []
+        running: list[BackgroundWorker] = []
+        if settings.metrics_port:
+            running.append(MetricsEndpoint(settings.grpc.host, settings.metrics_port))
+        running += list(workers(settings, engine)) if workers else []
         for worker in running:
             worker.start()
         server = GrpcServer(

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from google.protobuf.message import Message
 from sqlalchemy.orm import Session
 
+from posttrain.correlation import correlation_scope, current_correlation_id, new_correlation_id
 from posttrain.db import utcnow
 from posttrain.events import topics
 from posttrain.rpc.errors import FailedPrecondition, NotFound
@@ -175,8 +176,10 @@ class JobBook:
     # ------------------------------------------------------------------ API side
 
     def submit(self, request: JobRequest, *, job_id: str | None = None) -> TrainingJobRow:
-        """Record a QUEUED job and stage training.requested."""
+        """Record a QUEUED job and stage training.requested. The job keeps the current
+        correlation id (the submitting RPC's) for the events its worker stages later."""
         now = utcnow()
+        correlation_id = current_correlation_id() or new_correlation_id()
         job = TrainingJobRow(
             job_id=job_id or new_job_id(),
             tenant=request.tenant,
@@ -194,6 +197,7 @@ class JobBook:
             config_yaml=request.config_yaml,
             output_name=request.output_name,
             submitted_by=request.submitted_by,
+            correlation_id=correlation_id,
             step=0,
             total_steps=0,
             error="",
@@ -209,21 +213,22 @@ class JobBook:
         )
         self.session.add(job)
         self.session.flush()
-        self.emit(
-            topics.TRAINING_REQUESTED,
-            events_pb2.TrainingRequested(
-                job_id=job.job_id,
-                base_model=job.base_model,
-                dataset=job.dataset,
-                dataset_version=job.dataset_version,
-                method=METHOD_TO_PROTO[job.method],
-                config_yaml=job.config_yaml,
-                output_name=job.output_name,
-                tenant=job.tenant,
-                attempt=1,
-            ),
-            job.job_id,
-        )
+        with correlation_scope(correlation_id):
+            self.emit(
+                topics.TRAINING_REQUESTED,
+                events_pb2.TrainingRequested(
+                    job_id=job.job_id,
+                    base_model=job.base_model,
+                    dataset=job.dataset,
+                    dataset_version=job.dataset_version,
+                    method=METHOD_TO_PROTO[job.method],
+                    config_yaml=job.config_yaml,
+                    output_name=job.output_name,
+                    tenant=job.tenant,
+                    attempt=1,
+                ),
+                job.job_id,
+            )
         return job
 
     def get(self, job_id: str, *, tenant_scope: str | None) -> TrainingJobRow:

@@ -3,7 +3,7 @@
 training_jobs holds one row per job: what to train (base model and dataset version, each
 with the artifact ref it resolved to at submission), how (the full job config as YAML,
 without machine paths), and where the job is (state, owning worker, attempt, heartbeat,
-last step). training_job_progress holds one row per optimizer step per attempt, for
+last step), and the correlation id of the request that submitted it. training_job_progress holds one row per optimizer step per attempt, for
 WatchJob and for telling afterwards which steps each attempt ran. Both live in the
 trainer's database beside the event bus tables, so a state change and its event commit
 in one transaction.
@@ -44,6 +44,8 @@ class TrainingJobRow(Base):
     config_yaml: Mapped[str] = mapped_column(sa.Text)
     output_name: Mapped[str] = mapped_column(sa.String(100))
     submitted_by: Mapped[str] = mapped_column(sa.String(200))
+    # The submitting RPC's: the job's events and its worker's log lines carry it.
+    correlation_id: Mapped[str] = mapped_column(sa.String(128), default="")
     step: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     total_steps: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_loss: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
@@ -147,4 +149,14 @@ def _m0001(op: Operations) -> None:
     op.create_index("ix_training_job_progress_job", "training_job_progress", ["job_id", "id"])
 
 
-TRAINER_MIGRATIONS = [Migration("0001_training_jobs_and_progress", _m0001)]
+def _m0002(op: Operations) -> None:
+    op.add_column(
+        "training_jobs",
+        sa.Column("correlation_id", sa.String(128), nullable=False, server_default=""),
+    )
+
+
+TRAINER_MIGRATIONS = [
+    Migration("0001_training_jobs_and_progress", _m0001),
+    Migration("0002_training_jobs_correlation_id", _m0002),
+]

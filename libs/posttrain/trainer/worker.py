@@ -39,6 +39,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from posttrain.correlation import correlation_scope
 from posttrain.db import session_scope
 from posttrain.events import HandlerContext, PoisonEvent, ReceivedEvent, add_to_outbox
 from posttrain.storage import (
@@ -48,6 +49,7 @@ from posttrain.storage import (
     CredentialsRefused,
     EndpointUnreachable,
 )
+from posttrain.trainer import metrics
 from posttrain.trainer.checkpoints import S3CheckpointStore
 from posttrain.trainer.jobs import (
     Claim,
@@ -212,11 +214,17 @@ class TrainingWorker:
         return claim.job.job_id
 
     def run_claimed(self, claim: Claim) -> None:
+        """Runs the job under its correlation id: its log lines and events carry it."""
+        with correlation_scope(claim.job.correlation_id or None):
+            self._run_claimed(claim)
+
+    def _run_claimed(self, claim: Claim) -> None:
         job, attempt = claim.job, claim.attempt
         if claim.outcome == "cancel":  # its cancel was asked, then its worker died
             self._record(
                 lambda b: b.finish_cancelled(job.job_id, self.worker_id, attempt, at_step=job.step)
             )
+            metrics.JOBS.labels("cancelled").inc()
             return
         run = _Attempt(job, attempt)
         log.info("worker %s runs job %s (attempt %d)", self.worker_id, run.job_id, attempt)
@@ -229,6 +237,7 @@ class TrainingWorker:
         except LostOwnership:
             log.warning("job %s attempt %d was taken over; dropped here", run.job_id, attempt)
         finally:
+            metrics.TOKENS_PER_SECOND.set(0)
             run.done.set()
             heartbeat.join()
             shutil.rmtree(self._work_dir(run), ignore_errors=True)
@@ -258,18 +267,22 @@ class TrainingWorker:
                     retryable=retryable,
                 )
             )
+            metrics.JOBS.labels("failed").inc()
             return
         steps = outcome.result.steps
         if outcome.status == "interrupted":
             self._record(lambda b: b.release(job_id, self.worker_id, attempt))
             log.info("job %s handed back at step %d", job_id, steps)
+            metrics.JOBS.labels("released").inc()
         elif outcome.status == "cancelled":
             self._record(
                 lambda b: b.finish_cancelled(job_id, self.worker_id, attempt, at_step=steps)
             )
+            metrics.JOBS.labels("cancelled").inc()
         else:
             done = self._completion(run, outcome)
             self._record(lambda b: b.complete(job_id, self.worker_id, attempt, done))
+            metrics.JOBS.labels("succeeded").inc()
 
     def _record(self, change: Callable[[JobBook], object]) -> None:
         """One state change and its event, in one transaction."""
@@ -403,6 +416,8 @@ class TrainingWorker:
             return False
 
     def _on_progress(self, run: _Attempt, event: ProgressEvent) -> None:
+        metrics.STEPS.labels(run.job.method).inc()
+        metrics.TOKENS_PER_SECOND.set(event.tokens_per_second)
         try:
             with session_scope(self.engine) as session:
                 JobBook(session).record_progress(run.job_id, self.worker_id, run.attempt, event)

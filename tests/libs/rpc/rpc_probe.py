@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import socket
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from posttrain.config import GrpcServerSettings
 from posttrain.rpc import (
@@ -128,6 +130,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def scrape_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics on the loopback port: (sample name, sorted labels) -> value."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def grpc_settings(**overrides: Any) -> GrpcServerSettings:

@@ -29,9 +29,10 @@ from posttrain.gateway.routes import find_route
 from posttrain.gateway.tables import InferenceRow
 from posttrain.gateway.triton import DeadlineExceeded
 from posttrain.rpc.errors import Unavailable, field_violations
+from posttrain.rpc.metrics import MetricsEndpoint
 from posttrain.serving.repository import unload_model
 from posttrain.v1 import gateway_pb2
-from services.gateway.handlers import MetricsEndpoint, Reconciler
+from services.gateway.handlers import Reconciler
 
 
 def test_generate_answers_with_the_adapter_exactly_as_triton_does(gateway):
