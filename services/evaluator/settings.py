@@ -1,12 +1,15 @@
 """Settings of the evaluator service, from POSTTRAIN_* environment variables (the judge's
 from POSTTRAIN_JUDGE_*)."""
 
+from dataclasses import replace
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from posttrain.config import SERVICE_PORTS
 from posttrain.evaluation import CalibrationPolicy, JudgeConfig, Prices
 from posttrain.evaluator import EvaluatorConfig
+from posttrain.evaluator.serving import TritonOptions
 from posttrain.rpc import RpcServiceSettings
 
 
@@ -18,14 +21,18 @@ class JudgeSettings(BaseSettings):
     kind: str = Field(
         "rule",
         description="rule (token F1 vs the reference, no model) | model (a registered model "
-        "version, loaded here) | openai (an OpenAI-compatible endpoint)",
+        "version, loaded here) | openai (an OpenAI-compatible endpoint) | triton (a model "
+        "served by Triton)",
     )
     model: str = Field("", description="model: the model version id; openai: the model name")
     base_url: str = Field("", description="openai: base URL including /v1")
     api_key_env: str = Field(
         "", description="openai: the environment variable that holds the endpoint's API key"
     )
-    timeout_s: float = Field(60.0, description="openai: per-request timeout")
+    timeout_s: float = Field(60.0, description="openai, triton: per-request timeout")
+    triton_url: str = Field("", description="triton: gRPC host:port; empty = triton.grpc_url")
+    triton_model: str = Field("", description="triton: the LLM model's name in Triton")
+    lora_name: str = Field("", description="triton: its adapter; empty = the model itself")
     max_tokens: int = Field(256, description="tokens the judge may write per reply")
     seed: int = Field(0, description="seed sent to the judge model")
     min_anchors: int = Field(10, description="fewer anchor items: the judge is not trusted")
@@ -41,6 +48,9 @@ class JudgeSettings(BaseSettings):
             timeout_s=self.timeout_s,
             max_tokens=self.max_tokens,
             seed=self.seed,
+            triton_url=self.triton_url,
+            triton_model=self.triton_model,
+            lora_name=self.lora_name,
         )
 
     def calibration_policy(self) -> CalibrationPolicy:
@@ -93,6 +103,19 @@ class EvaluatorSettings(RpcServiceSettings):
     max_seq_len: int = Field(4096, description="longest prompt + reply in tokens")
     torch_threads: int = Field(0, description="torch CPU threads; 0 = torch's default")
 
+    # Generating through Triton instead (at triton.grpc_url, POSTTRAIN_TRITON_GRPC_URL).
+    generator: str = Field(
+        "local",
+        description="local (transformers in this process) | triton (the evaluator loads the "
+        "model into Triton and generates there; cache_dir must be at the same path for Triton)",
+    )
+    triton_model_repository: str = Field(
+        ".posttrain/stack/triton/models",
+        description="generator triton: Triton's --model-repository, same path in both processes",
+    )
+    triton_concurrency: int = Field(4, description="generator triton: requests in flight")
+    triton_torch_threads: int = Field(0, description="generator triton: torch threads per model")
+
     def evaluator_config(self) -> EvaluatorConfig:
         return EvaluatorConfig(
             suite=self.suite,
@@ -104,10 +127,19 @@ class EvaluatorSettings(RpcServiceSettings):
                 completion_per_1k=self.price_completion_per_1k,
                 currency=self.price_currency,
             ),
-            judge=self.judge.judge_config(),
+            judge=replace(
+                self.judge.judge_config(), triton_url=self.judge.triton_url or self.triton.grpc_url
+            ),
             calibration=self.judge.calibration_policy(),
             review_sample_size=self.review_sample_size,
             evaluate_production_baseline=self.evaluate_production_baseline,
             batch_size=self.batch_size,
             max_seq_len=self.max_seq_len,
+            generator=self.generator,
+            triton=TritonOptions(
+                url=self.triton.grpc_url,
+                model_repository=self.triton_model_repository,
+                concurrency=self.triton_concurrency,
+                torch_threads=self.triton_torch_threads,
+            ),
         )

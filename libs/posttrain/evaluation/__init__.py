@@ -37,6 +37,7 @@ from posttrain.evaluation.generation import (
     Generator,
     LocalHFGenerator,
     ReplayGenerator,
+    TritonGenerator,
 )
 from posttrain.evaluation.judge import (
     GeneratorBackend,
@@ -91,6 +92,7 @@ __all__ = [
     "JudgeConfig",
     "LLMJudge",
     "LocalHFGenerator",
+    "TritonGenerator",
     "Metric",
     "OpenAIChatBackend",
     "Prices",

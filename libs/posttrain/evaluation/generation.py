@@ -2,19 +2,32 @@
 
 `Generator` is the one interface: prompts (chat messages) in, one `Generation` per prompt
 out, in the same order. LocalHFGenerator runs a transformers model in-process;
-serving supplies a Triton-backed one with the same interface; ReplayGenerator gives
-back outputs recorded in an earlier report (re-scoring, re-judging) without a model.
+TritonGenerator asks a model served by Triton (posttrain.serving's LLM model, through
+posttrain.serving.client); ReplayGenerator gives back outputs recorded in an earlier
+report (re-scoring, re-judging) without a model.
 
 Reproducibility of LocalHFGenerator: greedy decoding, and a fixed batch composition:
 prompts are ordered by (token length, position) and cut into batches of `batch_size`,
 so the same prompts always meet the same neighbours and the same left padding whatever
 else runs. The seed is set before each batch (greedy decoding does not sample, but
 a model with dropout left on, or a future sampling option, would).
+
+Reproducibility of TritonGenerator: greedy decoding per request (temperature 0, the seed
+sent along), the chat rendered by the served model with the training chat template,
+exactly as LocalHFGenerator renders it. Triton's dynamic batcher decides which requests
+share an execute(), so the batch composition is not fixed; the serving engine left-pads
+each batch with an attention mask and the positions Hugging Face uses, so a row's output
+does not depend on its neighbours in exact arithmetic (tests/libs/serving checks mixed
+batches against single requests). In floating point a row's logits can move in the last
+bits with the batch width, so a near-tie between two tokens may decode differently
+(rare in fp32 on CPU; likelier in bf16 on a GPU): for byte-identical reports, generate
+with LocalHFGenerator, or with concurrency=1 on a Triton model no one else calls.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -147,3 +160,64 @@ class LocalHFGenerator:
                     latency_s=latency,
                 )
         return [r for r in results if r is not None]
+
+
+class TritonGenerator:
+    """Greedy generation by posttrain.serving's LLM model in Triton: `triton_model` at `url`
+    (gRPC host:port), with the adapter `lora_name` ("" = the base).
+
+    Each prompt is one request, text_input `{"messages": [...]}`: the served model renders
+    it with the training chat template and the generation prompt. Up to `concurrency`
+    requests are in flight at once (Triton batches them); the outputs come back in prompt
+    order. latency_s is each request's own round trip. Triton's errors raise as
+    posttrain.serving.client maps them (Unavailable, DeadlineExceeded, InvalidArgument...)."""
+
+    def __init__(
+        self,
+        url: str,
+        triton_model: str,
+        lora_name: str = "",
+        *,
+        concurrency: int = 4,
+        timeout_s: float = 600.0,
+    ) -> None:
+        from posttrain.serving.client import TritonLLM
+
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.url = url
+        self.triton_model = triton_model
+        self.lora_name = lora_name
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.client = TritonLLM(url)
+
+    def generate(
+        self, prompts: Sequence[Messages], max_new_tokens: int, seed: int
+    ) -> list[Generation]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from posttrain.serving.client import Sampling
+
+        sampling = Sampling(max_tokens=max_new_tokens, temperature=0.0, seed=seed)
+
+        def one(messages: Messages) -> Generation:
+            text = json.dumps({"messages": list(messages)}, ensure_ascii=False)
+            started = time.perf_counter()
+            completion = self.client.generate(
+                self.triton_model, text, self.lora_name, sampling, timeout_s=self.timeout_s
+            )
+            return Generation(
+                text=completion.text,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                latency_s=time.perf_counter() - started,
+            )
+
+        if self.concurrency == 1 or len(prompts) <= 1:
+            return [one(p) for p in prompts]
+        with ThreadPoolExecutor(min(self.concurrency, len(prompts))) as pool:
+            return list(pool.map(one, prompts))
+
+    def close(self) -> None:
+        self.client.close()

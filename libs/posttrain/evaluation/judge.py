@@ -3,8 +3,8 @@
 A `Judge` grades one answer 1..5 against a rubric (and the reference when there is one)
 and says which of two answers is better. Judges:
 - LLMJudge: prompts a chat backend and parses its reply. Backends: any Generator
-  (a registered model, served through Triton by the serving side, or local) via
-  GeneratorBackend, or an external OpenAI-compatible endpoint (OpenAIChatBackend:
+  via GeneratorBackend (a registered model loaded locally, kind "model"; a model served
+  by Triton through TritonGenerator, kind "triton"), or an external OpenAI-compatible endpoint (OpenAIChatBackend:
   POST {base_url}/chat/completions, API key from an environment variable).
 - RuleJudge: deterministic, no model: grades by token F1 with the reference. For tests
   and the offline demo; calibrate it like any other judge before trusting it.
@@ -369,17 +369,29 @@ class RuleJudge:
 class JudgeConfig:
     """Which judge an evaluation uses (YAML/env-loadable)."""
 
-    kind: str = setting("rule", "rule | model (a registered model via a Generator) | openai")
-    model: str = setting("", "model: the model version id; openai: the endpoint's model name")
+    kind: str = setting(
+        "rule",
+        "rule | model (a registered model via a Generator) | openai | triton (a model "
+        "served by Triton, through TritonGenerator)",
+    )
+    model: str = setting(
+        "",
+        "model: the model version id; openai: the endpoint's model name; triton: the "
+        "version served there (optional: the judge's version, so a swap shows)",
+    )
     base_url: str = setting("", "openai: base URL including /v1")
     api_key_env: str = setting("", "openai: the environment variable holding the API key")
-    timeout_s: float = setting(60.0, "openai: per-request timeout in seconds")
+    timeout_s: float = setting(60.0, "openai, triton: per-request timeout in seconds")
+    triton_url: str = setting("", "triton: Triton's gRPC host:port")
+    triton_model: str = setting("", "triton: the LLM model's name in Triton")
+    lora_name: str = setting("", "triton: the adapter to judge with ('' = the model itself)")
     max_tokens: int = setting(256, "tokens the judge may write per reply")
     seed: int = setting(0, "seed sent to the judge model")
 
 
 def build_judge(config: JudgeConfig, *, generator: Generator | None = None) -> Judge:
-    """The judge a config describes; kind "model" needs the generator serving that model."""
+    """The judge a config describes; kind "model" needs the generator serving that model
+    (kind "triton" makes its own TritonGenerator unless one is given)."""
     if config.kind == "rule":
         return RuleJudge()
     if config.kind == "model":
@@ -406,4 +418,28 @@ def build_judge(config: JudgeConfig, *, generator: Generator | None = None) -> J
                 seed=config.seed,
             )
         )
-    raise ValueError(f"unknown judge kind {config.kind!r}: rule | model | openai")
+    if config.kind == "triton":
+        if not config.triton_url or not config.triton_model:
+            raise ValueError("a triton judge needs triton_url and triton_model")
+        if generator is None:
+            from posttrain.evaluation.generation import TritonGenerator
+
+            generator = TritonGenerator(
+                config.triton_url,
+                config.triton_model,
+                config.lora_name,
+                concurrency=1,
+                timeout_s=config.timeout_s,
+            )
+        served = (
+            f"{config.triton_model}/{config.lora_name}" if config.lora_name else config.triton_model
+        )
+        backend = GeneratorBackend(
+            generator,
+            id=f"triton:{served}@{config.triton_url}",
+            version=config.model or served,
+            max_new_tokens=config.max_tokens,
+            seed=config.seed,
+        )
+        return LLMJudge(backend)
+    raise ValueError(f"unknown judge kind {config.kind!r}: rule | model | openai | triton")

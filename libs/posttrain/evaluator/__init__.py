@@ -17,6 +17,7 @@ from posttrain.evaluator.evaluator import (
 )
 from posttrain.evaluator.models import (
     LoadedModel,
+    ModelFolders,
     ModelLoader,
     ModelUnderTest,
     ModelUnloadable,
@@ -47,6 +48,7 @@ __all__ = [
     "Evaluator",
     "EvaluatorConfig",
     "LoadedModel",
+    "ModelFolders",
     "ModelLoader",
     "ModelUnderTest",
     "ModelUnloadable",

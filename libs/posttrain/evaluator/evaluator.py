@@ -51,10 +51,18 @@ from posttrain.evaluation import (
     run_suite,
 )
 from posttrain.evaluation.gate import FAIL, GateResult
+from posttrain.evaluation.generation import Generator
+from posttrain.evaluation.metrics.perplexity import TokenScorer
 from posttrain.evaluation.report_html import render_html
 from posttrain.evaluation.results import report_id_for
 from posttrain.evaluator import reports, review
-from posttrain.evaluator.models import ModelLoader, ModelUnderTest, ModelUnloadable, Registry
+from posttrain.evaluator.models import (
+    LoadedModel,
+    ModelLoader,
+    ModelUnderTest,
+    ModelUnloadable,
+    Registry,
+)
 from posttrain.evaluator.reports import (
     TRIGGER_BASELINE,
     TRIGGER_RPC,
@@ -62,6 +70,7 @@ from posttrain.evaluator.reports import (
     PublishedReport,
     outbox_emitter,
 )
+from posttrain.evaluator.serving import TritonOptions, TritonServing
 from posttrain.evaluator.suites import StoredSuite, SuiteCatalog, limit_cases_per_tag
 from posttrain.evaluator.tables import CalibrationRow, ReportRow
 from posttrain.rpc.errors import NotFound
@@ -71,6 +80,7 @@ from posttrain.v1 import registry_pb2
 log = logging.getLogger(__name__)
 
 GENERATOR = "local-hf"
+GENERATORS = {"local": GENERATOR, "triton": "triton"}  # setting -> the report's generator
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,8 @@ class EvaluatorConfig:
     evaluate_production_baseline: bool = True
     batch_size: int = 8
     max_seq_len: int = 4096
+    generator: str = "local"  # local (in-process transformers) | triton (served; see serving.py)
+    triton: TritonOptions = field(default_factory=TritonOptions)
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,16 @@ class Outcome:
 
     existing: ReportRow | None = None
     published: PublishedReport | None = None
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    """What generates the outputs of one evaluation."""
+
+    generator: Generator
+    adapter: str  # the adapter's artifact sha256 ("" when none)
+    score_tokens: TokenScorer | None = None  # None: the generator's own, if it has one
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +159,9 @@ class Evaluator:
 
             code_version = git_code_version()
         self.code_version = code_version
+        if config.generator not in GENERATORS:
+            raise ValueError(f"generator {config.generator!r}: use one of {sorted(GENERATORS)}")
+        self._triton: TritonServing | None = None
         self._lock = threading.Lock()
         self._model_judge: Judge | None = None
 
@@ -207,13 +232,7 @@ class Evaluator:
         if self._model_judge is None:
             version = registry.get_model_version(config.model)
             loaded = self.loader.load(ModelUnderTest.from_version(version), registry)
-            generator = LocalHFGenerator(
-                loaded.model,
-                loaded.tokenizer,
-                batch_size=self.config.batch_size,
-                max_seq_len=self.config.max_seq_len,
-            )
-            self._model_judge = build_judge(config, generator=generator)
+            self._model_judge = build_judge(config, generator=self._local_generator(loaded))
         return self._model_judge
 
     def calibration(self, tenant: str, suite: Suite, judge: Judge) -> Calibration | None:
@@ -377,35 +396,31 @@ class Evaluator:
             tenant=model.tenant,
             prompt_template_revision=model.chat_template_revision,
             code_version=self.code_version,
-            generator=GENERATOR,
+            generator=GENERATORS[self.config.generator],
         )
-        loaded = None
+        runtime = None
         try:
-            loaded = self.loader.load(model, registry)
+            runtime = self._runtime(model, suite, registry)
         except ModelUnloadable as exc:
             reason = f"model could not be loaded: {exc}"
             log.error("%s: %s (a FAIL report records it)", model.id, reason)
             result = self._unloadable(suite, seed, provenance, reason)
         else:
-            generator = LocalHFGenerator(
-                loaded.model,
-                loaded.tokenizer,
-                batch_size=self.config.batch_size,
-                max_seq_len=self.config.max_seq_len,
-            )
             result = run_suite(
                 suite,
-                generator,
+                runtime.generator,
                 seed=seed,
                 judge=judge,
                 calibration=calibration,
                 production_results=production.result,
                 prices=self.config.prices,
-                provenance=replace(provenance, adapter=loaded.adapter),
+                score_tokens=runtime.score_tokens,
+                provenance=replace(provenance, adapter=runtime.adapter),
             )
+            notes = [*notes, *runtime.notes]
         result = replace(result, notes=[*notes, *result.notes])
-        was_loaded = loaded is not None
-        del loaded  # the weights can go before the next evaluation loads its own
+        was_loaded = runtime is not None
+        del runtime  # the weights can go before the next evaluation loads its own
         artifact, json_ref, html_ref = self._publish(model.tenant, result)
         return PublishedReport(
             result=result,
@@ -420,6 +435,31 @@ class Evaluator:
             else "",
             trigger=trigger,
             requested_by=requested_by,
+        )
+
+    def _runtime(self, model: ModelUnderTest, suite: Suite, registry: Registry) -> _Runtime:
+        """The generator of an evaluation; ModelUnloadable when the model can't be had."""
+        if self.config.generator == "local":
+            loaded = self.loader.load(model, registry)
+            return _Runtime(self._local_generator(loaded), loaded.adapter)
+        folders = self.loader.fetch(model, registry)
+        if self._triton is None:
+            self._triton = TritonServing(self.config.triton, self.loader.cache_dir)
+        served = self._triton.serve(folders)
+        scorer, notes = None, []
+        if "perplexity" in suite.run_metrics:  # Triton serves text, not token scores
+            try:
+                scorer = self._local_generator(self.loader.load(model, registry)).score_tokens
+            except ModelUnloadable as exc:
+                notes.append(f"perplexity not measured: no local copy to score tokens: {exc}")
+        return _Runtime(self._triton.generator(served), folders.adapter, scorer, tuple(notes))
+
+    def _local_generator(self, loaded: LoadedModel) -> LocalHFGenerator:
+        return LocalHFGenerator(
+            loaded.model,
+            loaded.tokenizer,
+            batch_size=self.config.batch_size,
+            max_seq_len=self.config.max_seq_len,
         )
 
     def _unloadable(

@@ -15,7 +15,8 @@ since retrying cannot fix it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -187,17 +188,48 @@ def pick_artifact(model: ModelUnderTest, store: ArtifactStore) -> ArtifactRef:
     return model.artifacts[0]
 
 
-@dataclass
-class LoadedModel:
-    model: Any
-    tokenizer: Any
+@dataclass(frozen=True)
+class ModelFolders:
+    """Where a model's files are: its artifact, and for an adapter the base's weights."""
+
     artifact: ArtifactRef
-    base_weights: ArtifactRef | None
+    artifact_dir: Path
+    base_weights: ArtifactRef | None = None
+    base_dir: Path | None = None
 
     @property
     def adapter(self) -> str:
         """The adapter's artifact id for the report's provenance ("" when not an adapter)."""
         return self.artifact.sha256 if self.base_weights is not None else ""
+
+
+@contextmanager
+def _judged(model: ModelUnderTest) -> Iterator[None]:
+    """Errors about the model become ModelUnloadable; infrastructure errors pass as they are."""
+    try:
+        yield
+    except TRANSIENT:
+        raise
+    except ModelUnloadable:
+        raise
+    except ServiceError as exc:
+        if isinstance(exc, NotFound):
+            raise ModelUnloadable(exc.message) from exc
+        raise  # the registry refused or is away: not the model's fault
+    except Exception as exc:  # noqa: BLE001 - whatever transformers/peft/storage raise
+        log.warning("model %s could not be loaded", model.id, exc_info=True)
+        raise ModelUnloadable(f"{type(exc).__name__}: {exc}") from exc
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    folders: ModelFolders
+
+    @property
+    def adapter(self) -> str:
+        return self.folders.adapter
 
 
 class ModelLoader:
@@ -223,9 +255,10 @@ class ModelLoader:
                 return dest
             raise
 
-    def load(self, model: ModelUnderTest, registry: Registry) -> LoadedModel:
-        """The model ready to generate; ModelUnloadable when its files can't make a model."""
-        try:
+    def fetch(self, model: ModelUnderTest, registry: Registry) -> ModelFolders:
+        """The model's folders in the cache, downloaded when missing; ModelUnloadable when
+        they can't be had (no artifact, an adapter without a base, an unknown base)."""
+        with _judged(model):
             weights = None
             if model.is_base:  # the same cache as the bases adapters load onto
                 artifact = model.artifacts[0]
@@ -236,19 +269,14 @@ class ModelLoader:
             if not model.is_base and (artifact_dir / "adapter_config.json").is_file():
                 weights = self._base_weights(model, registry)
             base_dir = self.folder(weights, "base-models") if weights else None
-            net, tokenizer = self._from_folders(artifact_dir, base_dir)
-        except TRANSIENT:
-            raise
-        except ModelUnloadable:
-            raise
-        except ServiceError as exc:
-            if isinstance(exc, NotFound):
-                raise ModelUnloadable(exc.message) from exc
-            raise  # the registry refused or is away: not the model's fault
-        except Exception as exc:  # noqa: BLE001 - whatever transformers/peft/storage raise
-            log.warning("model %s could not be loaded", model.id, exc_info=True)
-            raise ModelUnloadable(f"{type(exc).__name__}: {exc}") from exc
-        return LoadedModel(net, tokenizer, artifact, weights)
+            return ModelFolders(artifact, artifact_dir, weights, base_dir)
+
+    def load(self, model: ModelUnderTest, registry: Registry) -> LoadedModel:
+        """The model ready to generate; ModelUnloadable when its files can't make a model."""
+        folders = self.fetch(model, registry)
+        with _judged(model):
+            net, tokenizer = self._from_folders(folders.artifact_dir, folders.base_dir)
+        return LoadedModel(net, tokenizer, folders)
 
     def _base_weights(self, model: ModelUnderTest, registry: Registry) -> ArtifactRef:
         if not model.base_model:

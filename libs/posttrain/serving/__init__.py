@@ -3,8 +3,9 @@
 Pure library, like the rest of libs/: engine (GenerationEngine: batched multi-adapter
 generation, independent of Triton), adapters (AdapterCache: PEFT adapters from an
 adapter directory, LRU), batched_lora (per-row LoRA deltas in one forward), repository
-(Triton model repository entries, adapter installs, explicit model control), errors,
-and triton_model/model.py (the Python-backend model file that wraps the engine).
+(Triton model repository entries, adapter installs, explicit model control), client
+(TritonLLM: tritonclient calls to the served LLM models, errors as service statuses),
+errors, and triton_model/model.py (the Python-backend model file that wraps the engine).
 The deployment controller and the gateway build on these; this package never starts
 tritonserver itself.
 
@@ -24,9 +25,11 @@ _EXPORTS = {
         "SamplingParams",
         "parse_text_input",
     ],
+    "client": ["Completion", "Sampling", "TritonLLM", "map_triton_error"],
     "errors": ["AdapterLoadError", "AdapterNotFound", "InvalidRequest", "ServingError"],
     "repository": [
         "LLMModelConfig",
+        "ensure_llm_model",
         "install_adapter",
         "load_model",
         "model_versions",

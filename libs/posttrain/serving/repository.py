@@ -248,6 +248,25 @@ def load_model(client_or_url: Any, name: str, *, timeout_s: float = 300.0) -> No
     wait_until_ready(client, name, timeout_s=timeout_s)
 
 
+def ensure_llm_model(
+    client_or_url: Any,
+    repository: str | Path,
+    name: str,
+    config: LLMModelConfig,
+    *,
+    timeout_s: float = 300.0,
+) -> bool:
+    """Write and load the LLM model `name` unless Triton serves it already; True when it
+    was loaded now. For names tied to their content (the base's sha256 in the name), so
+    a served model of that name is this model."""
+    client = _client(client_or_url)
+    if (Path(repository) / name / "config.pbtxt").is_file() and client.is_model_ready(name):
+        return False
+    write_llm_model(repository, name, config)
+    load_model(client, name, timeout_s=timeout_s)
+    return True
+
+
 def unload_model(
     client_or_url: Any, name: str, *, wait: bool = True, timeout_s: float = 120.0
 ) -> None:
