@@ -16,10 +16,12 @@ from posttrain.gateway import (
     ControllerOptions,
     DeploymentController,
     ExperimentBook,
+    ExperimentGrader,
     GatewayLimits,
     InferenceGateway,
     ServingLayout,
     TritonLLM,
+    experiment_judge,
 )
 from posttrain.gateway.records import InferenceLog
 from posttrain.storage import ArtifactStore
@@ -37,9 +39,13 @@ class GatewayApp:
     experiments: ExperimentBook
     controller: DeploymentController
     events: BufferedEventPublisher
+    grader: ExperimentGrader | None = None  # the experiment judge; None: not configured
 
     def close(self) -> None:
-        """Write pending records, close the Triton channel, forget this app (tests, tools)."""
+        """Grade and write what is pending, close the Triton channel, forget this app (tests,
+        tools)."""
+        if self.grader is not None:
+            self.grader.stop()
         self.gateway.records.stop()
         self.triton.close()
         _APPS.pop((id(self.settings), id(self.engine)), None)
@@ -77,6 +83,25 @@ def controller_options(settings: GatewaySettings) -> ControllerOptions:
     )
 
 
+def experiment_grader(
+    settings: GatewaySettings, engine: Engine, records: InferenceLog
+) -> ExperimentGrader | None:
+    """The experiment judge the settings name; None for kind "none". A judge that cannot
+    be built (unknown kind, missing endpoint) stops the service at start."""
+    judge = settings.experiment_judge
+    if judge.kind == "none":
+        return None
+    return ExperimentGrader(
+        engine,
+        experiment_judge(judge.judge_config(settings.triton.grpc_url)),
+        rubric=judge.rubric,
+        sample_rate=judge.sample_rate,
+        capacity=judge.queue_size,
+        records=records,
+        prompt_as_reference=judge.kind == "rule",
+    )
+
+
 def build_app(settings: GatewaySettings, engine: Engine) -> GatewayApp:
     """The parts for this (settings, engine), built on first use. No network call here:
     the service starts (and reports health) while Triton, S3 or Kafka are still coming up."""
@@ -107,6 +132,7 @@ def build_app(settings: GatewaySettings, engine: Engine) -> GatewayApp:
         limits_of(settings),
         events=events,
         records=records,
+        grader=experiment_grader(settings, engine, records),
         user_key_secret=settings.user_key_secret.get_secret_value().encode(),
     )
     experiments.on_change = gateway.invalidate
@@ -117,6 +143,8 @@ def build_app(settings: GatewaySettings, engine: Engine) -> GatewayApp:
         controller_options(settings),
         on_route_change=gateway.invalidate,
     )
-    app = GatewayApp(settings, engine, triton, store, gateway, experiments, controller, events)
+    app = GatewayApp(
+        settings, engine, triton, store, gateway, experiments, controller, events, gateway.grader
+    )
     _APPS[key] = app
     return app

@@ -15,11 +15,19 @@ from __future__ import annotations
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from posttrain.gateway import VariantSpec, deployment_proto, experiment_proto, list_deployments
+from posttrain.gateway import (
+    VariantSpec,
+    deployment_proto,
+    deployment_state,
+    experiment_proto,
+    list_deployments,
+    names,
+)
 from posttrain.rpc.auth import Role, current_principal, require_role
 from posttrain.rpc.errors import PermissionDenied
+from posttrain.rpc.paging import MAX_PAGE_SIZE, page_bounds, page_response
 from posttrain.rpc.server import AddServicerFn
-from posttrain.v1 import gateway_pb2, gateway_pb2_grpc
+from posttrain.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.app import GatewayApp, build_app
 from services.gateway.settings import GatewaySettings
 
@@ -86,10 +94,29 @@ class GatewayServicer(gateway_pb2_grpc.InferenceGatewayServicer):
                     f"{principal.tenant!r} only"
                 )
             tenant = None if tenant == "*" else tenant
+        use_case, stage = "", ""
+        if request.use_case:
+            use_case, stage = names.parse_use_case(request.use_case)
+            stage = stage if "/" in request.use_case else ""  # "x": every stage of x
+        states = [deployment_state(s) for s in request.states]
+        # page_size 0: the newest 500, what this RPC answered before it had paging.
+        page = common_pb2.PageRequest(
+            page_size=request.page.page_size or MAX_PAGE_SIZE, page_token=request.page.page_token
+        )
+        offset, limit = page_bounds(page)
         with Session(self.app.engine) as session:
-            rows = list_deployments(session, tenant)
+            rows, total = list_deployments(
+                session,
+                tenant,
+                use_case=use_case,
+                stage=stage,
+                states=states,
+                offset=offset,
+                limit=limit,
+            )
             return gateway_pb2.ListDeploymentsResponse(
-                deployments=[deployment_proto(r) for r in rows]
+                deployments=[deployment_proto(r) for r in rows],
+                page=page_response(offset, len(rows), total),
             )
 
 

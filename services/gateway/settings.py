@@ -9,8 +9,55 @@ posttrain.gateway).
 """
 
 from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from posttrain.evaluation.judge import JudgeConfig
 from posttrain.rpc import RpcServiceSettings
+
+
+class ExperimentJudgeSettings(BaseSettings):
+    """The judge that grades sampled experiment requests (POSTTRAIN_EXPERIMENT_JUDGE_*).
+    Prompts and answers are held in memory for grading only, never stored."""
+
+    model_config = SettingsConfigDict(env_prefix="POSTTRAIN_EXPERIMENT_JUDGE_", extra="ignore")
+
+    kind: str = Field(
+        "none",
+        description="none (no judge scores) | rule (token F1 with the last user message, no "
+        "model: tests and demos) | openai (an OpenAI-compatible endpoint) | triton (a model "
+        "served by Triton)",
+    )
+    rubric: str = Field("", description="what the judge grades against; empty = helpfulness")
+    sample_rate: float = Field(
+        0.1, ge=0.0, le=1.0, description="share of experiment requests graded (0..1)"
+    )
+    queue_size: int = Field(
+        1000, ge=1, description="requests waiting for the judge; beyond it dropped (counted)"
+    )
+    model: str = Field("", description="openai: the model name; triton: its version (a label)")
+    base_url: str = Field("", description="openai: base URL including /v1")
+    api_key_env: str = Field(
+        "", description="openai: the environment variable that holds the endpoint's API key"
+    )
+    timeout_s: float = Field(60.0, description="openai, triton: per-request timeout")
+    triton_url: str = Field("", description="triton: gRPC host:port; empty = the gateway's")
+    triton_model: str = Field("", description="triton: the judge's LLM model name in Triton")
+    lora_name: str = Field("", description="triton: its adapter; empty = the model itself")
+    max_tokens: int = Field(256, description="tokens the judge may write per reply")
+
+    def judge_config(self, triton_url: str) -> JudgeConfig:
+        """The judge's config; `triton_url` (the gateway's Triton) unless set here."""
+        return JudgeConfig(
+            kind=self.kind,
+            model=self.model,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            timeout_s=self.timeout_s,
+            triton_url=self.triton_url or triton_url,
+            triton_model=self.triton_model,
+            lora_name=self.lora_name,
+            max_tokens=self.max_tokens,
+        )
 
 
 class GatewaySettings(RpcServiceSettings):
@@ -89,6 +136,7 @@ class GatewaySettings(RpcServiceSettings):
     guardrail_min_requests: int = Field(
         100, description="reviewed requests an arm needs before the guardrail may stop it"
     )
+    experiment_judge: ExperimentJudgeSettings = Field(default_factory=ExperimentJudgeSettings)
     event_buffer_size: int = Field(
         10000,
         description="inference.logged / feedback.recorded held while Kafka is away "

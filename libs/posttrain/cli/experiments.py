@@ -123,6 +123,10 @@ def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.0f}"
 
 
+def _judge(v: gateway_pb2.VariantStats) -> str:
+    return f"{v.judge_score.mean:.2f} ({v.judge_score.n})" if v.HasField("judge_score") else "-"
+
+
 @experiments.command()
 @click.argument("experiment_id")
 @target_option("gateway")
@@ -138,6 +142,7 @@ def report(experiment_id, target, api_key, as_json):
         print_json(result)
         return
     state = "running" if result.experiment.running else "stopped"
+    judged = bool(result.judges)  # the judge's column only where a judge graded
     print_table(
         f"experiment {experiment_id} ({state}; control {result.control})",
         [
@@ -150,6 +155,7 @@ def report(experiment_id, target, api_key, as_json):
             "p50 ms",
             "p95 ms",
             "cost/success",
+            *(["judge (n)"] if judged else []),
             "stopped",
         ],
         [
@@ -165,12 +171,15 @@ def report(experiment_id, target, api_key, as_json):
                 "-"
                 if math.isnan(v.cost_per_successful_task)
                 else f"{v.cost_per_successful_task:.6f}",
+                *([_judge(v)] if judged else []),
                 "yes" if v.stopped else "",
             ]
             for v in result.variants
         ],
     )
     click.echo(f"verdict: {result.verdict}")
+    if result.judges:
+        click.echo(f"judge: {', '.join(result.judges)}")
     if result.html_uri:
         click.echo(f"html: {result.html_uri}")
         click.echo(f"png:  {result.png_uri}")

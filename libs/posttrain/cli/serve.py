@@ -1,9 +1,10 @@
 """`posttrain serve ...`: the inference gateway from the command line.
 
 generate       one request to a use case (what a client app sends), optionally streamed
-deployments    deployments of your tenant, newest first, and which are live
-deploy-status  one deployment: the gateway's view, and the registry's record of it (why
-               it failed, if it did)
+deployments    deployments of your tenant, newest first: state (live, superseded,
+               failed) and, for failed ones, why; filters by use case and state
+deploy-status  one deployment: the gateway's view (state, error), and the registry's
+               record of it
 Every command takes --target (or POSTTRAIN_GATEWAY_TARGET) and --api-key (or
 POSTTRAIN_API_KEY); exit codes as in posttrain.cli.common.
 """
@@ -136,27 +137,87 @@ def _summary(response: gateway_pb2.GenerateResponse) -> None:
     )
 
 
+_STATES = {
+    "live": gateway_pb2.DEPLOYMENT_STATE_LIVE,
+    "superseded": gateway_pb2.DEPLOYMENT_STATE_SUPERSEDED,
+    "failed": gateway_pb2.DEPLOYMENT_STATE_FAILED,
+}
+
+
+def _state(d: gateway_pb2.Deployment) -> str:
+    return gateway_pb2.DeploymentState.Name(d.state).removeprefix("DEPLOYMENT_STATE_").lower()
+
+
+def _kind(d: gateway_pb2.Deployment) -> str:
+    return common_pb2.ModelKind.Name(d.kind).removeprefix("MODEL_KIND_").lower()
+
+
+def _list(stub, request: gateway_pb2.ListDeploymentsRequest, limit: int) -> list:
+    """Every deployment the request matches (page by page), up to `limit`."""
+    found: list = []
+    while len(found) < limit:
+        response = stub.ListDeployments(request, timeout=30)
+        found += response.deployments
+        if not response.page.next_page_token:
+            break
+        request.page.page_token = response.page.next_page_token
+    return found[:limit]
+
+
 @serve.command()
 @click.option("--tenant", default="", help="default: the API key's tenant; '*' (admin): all")
-@click.option("--live", "live_only", is_flag=True, help="only the live ones")
+@click.option("--use-case", default="", help="'x': every stage of x; 'x/staging': that stage")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(list(_STATES)),
+    help="only deployments in this state (repeatable); default: every state",
+)
+@click.option("--live", "live_only", is_flag=True, help="only the live ones (= --state live)")
+@click.option("--limit", type=int, default=500, show_default=True, help="at most this many")
 @target_option("gateway")
 @api_key_option
 @json_option
 @grpc_errors
-def deployments(tenant, live_only, target, api_key, as_json):
-    """Deployments, newest first."""
-    response = _stub(target, api_key).ListDeployments(
-        gateway_pb2.ListDeploymentsRequest(tenant=tenant)
+def deployments(tenant, use_case, states, live_only, limit, target, api_key, as_json):
+    """Deployments, newest first, with their state and, for failed ones, why."""
+    wanted = {_STATES[s] for s in states} | ({_STATES["live"]} if live_only else set())
+    request = gateway_pb2.ListDeploymentsRequest(
+        tenant=tenant,
+        use_case=use_case,
+        states=sorted(wanted),
+        page=common_pb2.PageRequest(page_size=min(limit, 500)),
     )
-    rows = [d for d in response.deployments if d.live or not live_only]
+    rows = _list(_stub(target, api_key), request, limit)
     if as_json:
         print_json(rows)
         return
     print_table(
         "deployments",
-        ["id", "tenant", "use case", "model version", "triton model", "lora", "live"],
         [
-            [d.id, d.tenant, d.use_case, d.model_version_id, d.triton_model, d.lora_name, d.live]
+            "id",
+            "tenant",
+            "use case",
+            "model version",
+            "kind",
+            "state",
+            "completed",
+            "served by",
+            "error",
+        ],
+        [
+            [
+                d.id,
+                d.tenant,
+                d.use_case,
+                d.model_version_id,
+                _kind(d),
+                _state(d) + (" (rollback)" if d.rollback else ""),
+                d.completed_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+                f"{d.triton_model}/{d.lora_name}" if d.lora_name else d.triton_model,
+                d.error,
+            ]
             for d in rows
         ],
     )
@@ -177,8 +238,8 @@ def deployments(tenant, live_only, target, api_key, as_json):
 @grpc_errors
 def deploy_status(deployment_id, registry_target, target, api_key, as_json):
     """Is DEPLOYMENT_ID live? Exit 0 when the gateway knows it, 1 when not (yet)."""
-    response = _stub(target, api_key).ListDeployments(gateway_pb2.ListDeploymentsRequest())
-    found = next((d for d in response.deployments if d.id == deployment_id), None)
+    listed = _list(_stub(target, api_key), gateway_pb2.ListDeploymentsRequest(), 100_000)
+    found = next((d for d in listed if d.id == deployment_id), None)
     history = _registry_history(registry_target, api_key, deployment_id)
     if as_json:
         click.echo(
@@ -194,10 +255,14 @@ def deploy_status(deployment_id, registry_target, target, api_key, as_json):
         if found is None:
             click.echo(f"{deployment_id}: not handled by the gateway (yet)")
         else:
-            state = "live" if found.live else "not live (superseded or failed)"
+            reason = f" ({found.error})" if found.error else ""
+            seconds = (
+                found.completed_at.ToDatetime() - found.created_at.ToDatetime()
+            ).total_seconds()
             click.echo(
-                f"{deployment_id}: {state}; {found.use_case} -> {found.model_version_id} on "
-                f"{found.triton_model} {found.lora_name or '(no adapter)'}"
+                f"{deployment_id}: {_state(found)}{reason}; {found.use_case} -> "
+                f"{found.model_version_id} ({_kind(found)}) on {found.triton_model or '-'} "
+                f"{found.lora_name or '(no adapter)'}; handled in {seconds:.1f} s"
             )
         for entry in reversed(history):
             reason = f": {entry.reason}" if entry.reason else ""

@@ -45,6 +45,7 @@ class ExperimentReport:
     variants: list[tuple[str, float]]  # (name, share), as the experiment was created
     analysis: Analysis
     max_policy_incident_rate: float | None = None  # the guardrail's threshold, if any
+    judges: tuple[str, ...] = ()  # "<id>@<version>" of each judge behind the judge scores
 
     def to_dict(self) -> dict[str, Any]:
         a = self.analysis
@@ -70,6 +71,7 @@ class ExperimentReport:
                 "alpha": a.config.alpha,
                 "min_sample": a.config.min_sample,
                 "max_policy_incident_rate": self.max_policy_incident_rate,
+                "judges": list(self.judges),
                 "stopped": list(a.stopped),
                 "verdict": asdict(a.verdict),
                 "variants": arms,
@@ -109,6 +111,7 @@ class ExperimentReport:
             alpha=a.config.alpha,
             winner=a.verdict.winner or "",
             primary_metric=PRIMARY_METRIC,
+            judges=self.judges,
         )
 
 
@@ -127,10 +130,14 @@ def build_report(
     config: AnalysisConfig | None = None,
     stopped: Collection[str] = (),
     max_policy_incident_rate: float | None = None,
+    judges: Sequence[str] = (),
 ) -> ExperimentReport:
+    """`judges`: "<id>@<version>" of the judges whose scores the records carry."""
     checked = validate_variants(variants)
     analysis = analyze(records, [n for n, _ in checked], config, stopped=stopped)
-    return ExperimentReport(experiment_id, checked, analysis, max_policy_incident_rate)
+    return ExperimentReport(
+        experiment_id, checked, analysis, max_policy_incident_rate, tuple(judges)
+    )
 
 
 def write_report(report: ExperimentReport, directory: Path, stem: str = "report") -> ReportFiles:
@@ -274,7 +281,8 @@ td:first-child, th:first-child {{ text-align: left; }}
 <h1>{title}</h1>
 <p class="verdict"><strong>Verdict:</strong> {e(a.verdict.text)}</p>
 <p>Control: {e(a.control)}. Primary metric: success rate. Significance level {a.config.alpha:g}
-({level} intervals); a verdict needs {a.config.min_sample} records with feedback per arm.</p>
+({level} intervals); a verdict needs {a.config.min_sample} records with feedback per arm.
+Judge score (1..5): {e(", ".join(report.judges) or "no judge graded these requests")}.</p>
 <img id="chart" alt="success rate, policy-incident rate and latency per arm"
  src="data:image/png;base64,{image}">
 <h2>Arms</h2>

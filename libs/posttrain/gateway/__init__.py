@@ -6,6 +6,7 @@ controller   deployment.requested -> files in Triton's model repository, a model
 routes       the route table as the request path reads it; ListDeployments
 inference    InferenceGateway: Generate / GenerateStream / RecordFeedback
 experiments  ExperimentBook: create, stop, guardrail, report
+grading      ExperimentGrader: the experiment judge's scores, off the request path
 triton       TritonLLM: tritonclient calls and their errors as gateway statuses
 limits       per-tenant token buckets
 names        route names ("x", "x/staging"), Triton model and lora names
@@ -27,8 +28,14 @@ from posttrain.gateway.experiments import (
     VariantSpec,
     experiment_proto,
 )
+from posttrain.gateway.grading import ExperimentGrader, experiment_judge
 from posttrain.gateway.inference import Assignment, GatewayLimits, InferenceGateway
-from posttrain.gateway.routes import Target, deployment_proto, list_deployments
+from posttrain.gateway.routes import (
+    Target,
+    deployment_proto,
+    deployment_state,
+    list_deployments,
+)
 from posttrain.gateway.tables import GATEWAY_MIGRATIONS
 from posttrain.gateway.triton import Completion, Sampling, TritonLLM
 
@@ -40,6 +47,7 @@ __all__ = [
     "DeploymentController",
     "DeploymentRefused",
     "ExperimentBook",
+    "ExperimentGrader",
     "GatewayLimits",
     "InferenceGateway",
     "RunningExperiment",
@@ -49,6 +57,8 @@ __all__ = [
     "TritonLLM",
     "VariantSpec",
     "deployment_proto",
+    "deployment_state",
+    "experiment_judge",
     "experiment_proto",
     "list_deployments",
 ]

@@ -14,8 +14,10 @@ now), sticky assignment, the guardrail after feedback, stopping, and the report.
 - After each feedback on an experiment with a max policy-incident rate, the guardrail
   (posttrain.experiments.check_guardrail) may stop arms; when every arm is stopped the
   experiment stops.
-- The report is built from the stored inference records (build_report) and written as
-  report.json / .html / .png, uploaded as a folder artifact; the uris name its files.
+- The report is built from the stored inference records (build_report), with the
+  experiment judge's scores where one graded them (ExperimentGrader; the report does not
+  wait for grades still queued), and written as report.json / .html / .png, uploaded as a
+  folder artifact; the uris name its files.
 """
 
 from __future__ import annotations
@@ -359,6 +361,9 @@ class ExperimentBook:
             variants = [(v["name"], float(v["share"])) for v in row.variants]
             stopped = stopped_names(row)
             max_rate = row.max_policy_incident_rate or None
+            rows = session.scalars(
+                sa.select(InferenceRow).where(InferenceRow.experiment_id == experiment_id)
+            ).all()
             records = [
                 InferenceRecord(
                     request_id=r.request_id,
@@ -371,11 +376,13 @@ class ExperimentBook:
                     policy_incident=r.policy_incident,
                     human_intervention=r.human_intervention,
                     rating=r.rating,
+                    judge_score=r.judge_score,
                 )
-                for r in session.scalars(
-                    sa.select(InferenceRow).where(InferenceRow.experiment_id == experiment_id)
-                )
+                for r in rows
             ]
+            judges = sorted(
+                {f"{r.judge_id}@{r.judge_version}" for r in rows if r.judge_score is not None}
+            )
         report = build_report(
             experiment_id,
             variants,
@@ -383,6 +390,7 @@ class ExperimentBook:
             config=self.analysis,
             stopped=stopped,
             max_policy_incident_rate=max_rate,
+            judges=judges,
         )
         html_uri, png_uri = self._publish(report, tenant, experiment_id)
         return report.to_proto(experiment, html_uri=html_uri, png_uri=png_uri)

@@ -4,16 +4,18 @@ One request: checked (use case, prompt or conversation, sampling; size and max_t
 limits) -> the tenant's token bucket -> its target: the route of (caller's tenant, use
 case), or, while an experiment runs there, the arm the user key is assigned to -> Triton
 (with the caller's deadline as client_timeout) -> one inference record in the database
-(for feedback and the experiment report) and inference.logged handed to the event sink.
+(for feedback and the experiment report) and inference.logged handed to the event sink;
+an experiment request may also be queued for the experiment judge (ExperimentGrader).
 
 A tenant reaches only its own routes: the tenant comes from the API key, never from the
 request, and a client cannot name a Triton model or an adapter; another tenant's use case
 is NOT_FOUND like one that does not exist. Feedback is accepted for the tenant's own
 requests only (NOT_FOUND otherwise).
 
-Neither the event sink nor the inference record can fail or slow down a request that
-Triton answered: both are handed over to be written or sent after the answer (records:
-InferenceLog), and their failures are logged and counted. Knows nothing of gRPC servers or Kafka clients.
+Neither the event sink, the inference record nor the judge can fail or slow down a
+request that Triton answered: each is handed over to be written, sent or graded after the
+answer (records: InferenceLog), and their failures are logged and counted. Knows nothing
+of gRPC servers or Kafka clients.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from posttrain.events import topics
 from posttrain.experiments import user_key_hash
 from posttrain.gateway import metrics, names
 from posttrain.gateway.experiments import ExperimentBook, RunningExperiment, running_experiment
+from posttrain.gateway.grading import ExperimentGrader, GradeItem
 from posttrain.gateway.limits import RateLimiter
 from posttrain.gateway.records import InferenceLog
 from posttrain.gateway.routes import Target, find_route
@@ -84,6 +87,7 @@ class Prepared:
     text_input: str
     sampling: Sampling
     user_key: str
+    chat: bool = False  # text_input is {"messages": [...]}
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class InferenceGateway:
         *,
         events: EventSink | None = None,
         records: InferenceLog | None = None,
+        grader: ExperimentGrader | None = None,
         user_key_secret: bytes = b"",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -121,6 +126,7 @@ class InferenceGateway:
         self.limits = limits or GatewayLimits()
         self.events = events or (lambda *_: None)
         self.records = records or InferenceLog(engine)
+        self.grader = grader  # None: no experiment judge
         self.user_key_secret = user_key_secret
         self._clock = clock
         self._limiter = RateLimiter(
@@ -267,7 +273,9 @@ class InferenceGateway:
             stop=tuple(s.stop),
         )
         route = names.route_name(use_case, stage)
-        return Prepared(route, use_case, stage, text, sampling, request.user_key)
+        return Prepared(
+            route, use_case, stage, text, sampling, request.user_key, which == "conversation"
+        )
 
     def _admit(self, tenant: str, request: gateway_pb2.GenerateRequest) -> Prepared:
         try:
@@ -421,8 +429,13 @@ class InferenceGateway:
                 rating=None,
                 feedback_at=None,
                 feedback_by="",
+                judge_score=None,
+                judge_id=None,
+                judge_version=None,
             )
         )
+        if assignment.experiment_id and self.grader is not None:
+            self._offer_for_grading(request_id, prepared, completion.text)
         self._publish(
             topics.INFERENCE_LOGGED,
             events_pb2.InferenceLogged(
@@ -451,6 +464,12 @@ class InferenceGateway:
             variant=assignment.variant,
             experiment_id=assignment.experiment_id,
         )
+
+    def _offer_for_grading(self, request_id: str, prepared: Prepared, answer: str) -> None:
+        try:
+            self.grader.offer(GradeItem(request_id, prepared.text_input, prepared.chat, answer))
+        except Exception:  # noqa: BLE001 - the judge must never fail the request
+            log.exception("handing request %s to the experiment judge failed", request_id)
 
     def _publish(self, event_type: str, payload: Message, aggregate_id: str) -> None:
         try:

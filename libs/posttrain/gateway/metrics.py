@@ -4,7 +4,7 @@ exposes them on settings.metrics_port). A route label is "<triton model>/<lora n
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -44,6 +44,15 @@ RECORD_FAILURES = Counter(
     "posttrain_gateway_record_failures_total",
     "inference records that could not be stored (the request itself was answered)",
     [],
+)
+JUDGE_GRADES = Counter(
+    "posttrain_gateway_judge_grades_total",
+    "experiment requests handed to the judge, by outcome: graded, no_grade (the reply had "
+    "none), failed (the judge raised), dropped (queue full), lost (its record missing or not writable)",
+    ["outcome"],
+)
+JUDGE_QUEUED = Gauge(
+    "posttrain_gateway_judge_queued", "experiment requests waiting for the judge", []
 )
 
 

@@ -17,6 +17,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, insert
@@ -26,6 +27,25 @@ from posttrain.gateway import metrics
 from posttrain.gateway.tables import InferenceRow
 
 log = logging.getLogger(__name__)
+
+
+def wait_until(
+    cond: threading.Condition,
+    reached: Callable[[], bool],
+    timeout_s: float,
+    *,
+    poll_s: float | None = None,
+) -> bool:
+    """With `cond` held: wait until reached(), waking the others at each turn (a worker
+    asleep on `cond` gets on with it); False once timeout_s passed."""
+    deadline = time.monotonic() + timeout_s
+    while not reached():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        cond.notify_all()
+        cond.wait(left if poll_s is None else min(left, poll_s))
+    return True
 
 
 class InferenceLog:
@@ -64,17 +84,11 @@ class InferenceLog:
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every record added before this call is written; False on timeout."""
-        deadline = time.monotonic() + timeout_s
         with self._cond:
             target = self._added
-            self._cond.notify_all()
-            while self._written < target:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, self.interval_s))
-                self._cond.notify_all()
-        return True
+            return wait_until(
+                self._cond, lambda: self._written >= target, timeout_s, poll_s=self.interval_s
+            )
 
     def start(self) -> InferenceLog:
         with self._cond:

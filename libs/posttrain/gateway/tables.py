@@ -8,7 +8,8 @@ deployment's route change and its deployment.completed (outbox) commit together.
   gateway_deployments  every deployment.requested handled: live, superseded or failed
   gateway_routes       (tenant, use case, stage) -> the deployment serving it now
   gateway_experiments  A/B experiments on a route: variants, shares, stopped arms
-  gateway_inferences   one row per served request, with its feedback once it arrives
+  gateway_inferences   one row per served request, with its feedback once it arrives and
+                       the experiment judge's score where one graded it (never the texts)
 """
 
 from __future__ import annotations
@@ -121,6 +122,11 @@ class InferenceRow(Base):
     rating: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     feedback_at: Mapped[dt.datetime | None] = mapped_column(_TS, nullable=True)
     feedback_by: Mapped[str] = mapped_column(sa.String(200))
+    # The experiment judge's grade 1..5 (None: not sampled, not graded yet, or no grade),
+    # and which judge gave it: a judge change mid-experiment shows in the report.
+    judge_score: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    judge_id: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    judge_version: Mapped[str | None] = mapped_column(sa.String(100), nullable=True)
 
 
 def _m0001(op: Operations) -> None:
@@ -209,4 +215,13 @@ def _m0001(op: Operations) -> None:
     )
 
 
-GATEWAY_MIGRATIONS = [Migration("0001_gateway_tables", _m0001)]
+def _m0002(op: Operations) -> None:
+    op.add_column("gateway_inferences", sa.Column("judge_score", sa.Float, nullable=True))
+    op.add_column("gateway_inferences", sa.Column("judge_id", sa.String(200), nullable=True))
+    op.add_column("gateway_inferences", sa.Column("judge_version", sa.String(100), nullable=True))
+
+
+GATEWAY_MIGRATIONS = [
+    Migration("0001_gateway_tables", _m0001),
+    Migration("0002_inference_judge_score", _m0002),
+]

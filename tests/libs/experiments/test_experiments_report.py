@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.experiments import AnalysisConfig, InferenceRecord, build_report, write_report
+from posttrain.experiments import (
+    AnalysisConfig,
+    InferenceRecord,
+    build_report,
+    render_html,
+    write_report,
+)
 from posttrain.v1 import gateway_pb2
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -113,6 +119,19 @@ def test_html_and_png_are_written_next_to_the_json(report, tmp_path: Path) -> No
     assert "adapter-v3" in page and "Holm-adjusted p" in page
     assert "wins on success rate" in page
     assert json.loads(files.json.read_text())["experiment_id"] == "exp-7"
+
+
+def test_the_judge_behind_the_scores_is_named_in_every_form(tmp_path: Path) -> None:
+    judged = build_report("exp-8", VARIANTS, records(), judges=["openai:judge-m@http://j/v1@a1b2"])
+    assert judged.to_dict()["judges"] == ["openai:judge-m@http://j/v1@a1b2"]
+    assert list(judged.to_proto().judges) == ["openai:judge-m@http://j/v1@a1b2"]
+    page = write_report(judged, tmp_path).html.read_text()
+    assert "Judge score (1..5): openai:judge-m@http://j/v1@a1b2" in page
+    v3 = judged.analysis.variants["adapter-v3"].judge_score
+    assert f"{v3.mean:.3g} [{v3.ci_low:.3g}, {v3.ci_high:.3g}] (n=240)" in page
+    unjudged = build_report("exp-9", VARIANTS, [InferenceRecord("r", "base", 1.0)])
+    assert unjudged.to_dict()["judges"] == [] and not unjudged.to_proto().judges
+    assert "no judge graded these requests" in render_html(unjudged, b"")
 
 
 def test_chart_is_deterministic_and_names_are_escaped(tmp_path: Path) -> None:
