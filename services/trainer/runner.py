@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from posttrain.db import create_db_engine
 from posttrain.events import EventRuntime
 from posttrain.rpc import MetricsEndpoint, configure_logging, service_main
+from services.trainer import comparisons
 from services.trainer.servicer import SERVICE_NAME, migrate, register
 from services.trainer.settings import TrainerSettings
 from services.trainer.workers import WorkerRuntime
@@ -31,12 +32,35 @@ def _relay(settings: TrainerSettings, engine: Engine) -> list[EventRuntime]:
     return [EventRuntime(settings.kafka, engine, service_name=settings.service_name)]
 
 
+def _register_with_comparisons(settings: TrainerSettings, engine: Engine) -> list:
+    """TrainingService, and ComparisonService asking intake and the registry the same way."""
+    entries = register(settings, engine)
+    training = entries[0][1]
+    return [
+        *entries,
+        comparisons.servicer_entry(settings, engine, training.datasets, training.base_models),
+    ]
+
+
+SERVICE_NAMES = [SERVICE_NAME, comparisons.SERVICE_NAME]
+
+
 def run_all(settings: TrainerSettings) -> int:
-    return service_main(settings, register, service_names=[SERVICE_NAME], workers=_worker)
+    return service_main(
+        settings,
+        _register_with_comparisons,
+        service_names=SERVICE_NAMES,
+        workers=lambda s, e: [*_worker(s, e), comparisons.collector(s, e)],
+    )
 
 
 def run_api(settings: TrainerSettings) -> int:
-    return service_main(settings, register, service_names=[SERVICE_NAME], workers=_relay)
+    return service_main(
+        settings,
+        _register_with_comparisons,
+        service_names=SERVICE_NAMES,
+        workers=lambda s, e: [*_relay(s, e), comparisons.collector(s, e)],
+    )
 
 
 def run_worker(settings: TrainerSettings) -> int:
