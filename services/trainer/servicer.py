@@ -13,8 +13,9 @@ cancel any tenant's. SubmitJob trains for the caller's own tenant: it asks intak
 registry with the caller's own key, so their tenant rules hold for the job too.
 
 SubmitJob refuses, before anything is recorded: a bad argument (INVALID_ARGUMENT naming
-it, e.g. `hyperparameters.lr`), an unknown dataset version or base model (NOT_FOUND), a
-dataset version that is not APPROVED (FAILED_PRECONDITION naming its state).
+it, e.g. `hyperparameters.lr` or `resources.processes`), an unknown dataset version or
+base model (NOT_FOUND), a dataset version that is not APPROVED (FAILED_PRECONDITION
+naming its state).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from posttrain.trainer import (
     TrainingJobRow,
     artifact_refs,
     build_job_config,
+    job_processes,
 )
 from posttrain.trainer.tables import JobProgressRow
 from posttrain.v1 import common_pb2, training_pb2, training_pb2_grpc
@@ -115,6 +117,12 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
             request.config_yaml,
             defaults={"checkpoint_every": self.settings.default_checkpoint_every},
         )
+        processes = job_processes(
+            request.resources.processes,
+            request.resources.nodes,
+            config.method,
+            max_processes=self.settings.max_job_processes,
+        )
 
         credentials = forwarded_credentials(context)
         version = self.datasets.get_version(request.dataset, request.dataset_version, credentials)
@@ -144,6 +152,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
                     config_yaml=config.to_yaml(),
                     output_name=request.output_name,
                     submitted_by=caller.name,
+                    processes=processes,
                 )
             )
             return job_proto(job)
@@ -255,6 +264,7 @@ def job_proto(job: TrainingJobRow) -> training_pb2.TrainingJob:
         attempt=job.attempt,
         artifacts=[ref.to_proto() for ref in artifact_refs(job)],
         config_yaml=job.config_yaml,
+        resources=training_pb2.TrainingResources(processes=job.processes, nodes=1),
     )
     msg.created_at.FromDatetime(job.created_at)
     msg.updated_at.FromDatetime(job.updated_at)

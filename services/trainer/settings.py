@@ -23,6 +23,11 @@ class TrainerSettings(RpcServiceSettings):
         description="checkpoint cadence (steps) of jobs whose config does not set "
         "checkpoint_every, so that every job can resume after a worker dies",
     )
+    max_job_processes: int = Field(
+        8,
+        description="most processes (GPUs) a job may ask for in resources.processes: the "
+        "GPUs of the largest training worker",
+    )
     watch_poll_s: float = Field(0.5, description="how often WatchJob looks for new progress")
 
     # Workers.
@@ -45,6 +50,16 @@ class TrainerSettings(RpcServiceSettings):
         description="an idle worker looks for a job at least this often (training.requested "
         "wakes it at once; the scan finds jobs whose event went to a busy worker, and jobs "
         "of dead workers)",
+    )
+    worker_max_processes: int = Field(
+        0,
+        description="largest job (resources.processes) this worker takes; 0 = the GPUs it "
+        "sees, at least 1. Set it to run several CPU processes (gloo) on a worker without GPUs",
+    )
+    worker_cancel_grace_s: float = Field(
+        300.0,
+        description="a job of several processes that has not stopped at a step boundary this "
+        "long after its cancel is terminated (it resumes from its last checkpoint)",
     )
     worker_checkpoint_keep_last: int = Field(2, description="checkpoints kept per job")
     worker_torch_threads: int = Field(0, description="torch CPU threads; 0 = torch's default")

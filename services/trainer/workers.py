@@ -13,6 +13,7 @@ import socket
 import threading
 from pathlib import Path
 
+import torch
 from sqlalchemy import Engine
 
 from posttrain.events import EventRuntime, topics
@@ -38,6 +39,8 @@ def worker_options(settings: TrainerSettings) -> WorkerOptions:
         stale_after_s=settings.worker_stale_after_s,
         scan_interval_s=settings.worker_scan_interval_s,
         checkpoint_keep_last=settings.worker_checkpoint_keep_last,
+        max_processes=settings.worker_max_processes or max(torch.cuda.device_count(), 1),
+        cancel_grace_s=settings.worker_cancel_grace_s,
         producer_name=settings.service_name,
     )
 
@@ -56,7 +59,11 @@ class WorkerRuntime:
         self.settings = settings
         self.store = store or ArtifactStore.from_settings(settings.s3)
         self.worker = TrainingWorker(
-            engine, self.store, options or worker_options(settings), publish_progress=self._publish
+            engine,
+            self.store,
+            options or worker_options(settings),
+            publish_progress=self._publish,
+            s3=settings.s3,  # for the processes of a job of several
         )
         self.events = EventRuntime(
             settings.kafka,

@@ -7,6 +7,9 @@ caller sent one, then each hyper-parameter. A hyper-parameter is a TrainingJobCo
 (`lr`, `max_steps`), a method option (`rank`, or `method_config.rank`), with its value
 written as a YAML scalar or list, as on the command line. The stored config has no
 machine path: the worker sets base_model to its local copy of the registered base.
+
+How many processes a job trains with (`resources`) is checked by job_processes: it is not
+part of the config, but the config's batch_size is per process.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import yaml
 
 from posttrain.rpc.errors import FieldViolation, InvalidArgument
 from posttrain.training import METHODS, TrainingJobConfig
+from posttrain.training.distributed import DISTRIBUTED_METHODS
 
 # Keys a caller may not set: they come from other request fields.
 RESERVED_KEYS = {
@@ -48,6 +52,42 @@ def build_job_config(
         values = _with_value(values, path, _parse_value(hyperparameters[key], field))
         config = _validated(values, field)
     return config
+
+
+def job_processes(processes: int, nodes: int, method: str, *, max_processes: int) -> int:
+    """The number of processes a job asks for (`resources.processes`, 0 = 1), or
+    InvalidArgument naming every field that is wrong. One job runs on one worker (one
+    node): `resources.nodes` above 1 is refused, as is more than `max_processes`."""
+    violations = []
+    if processes < 0:
+        violations.append(FieldViolation("resources.processes", f"{processes} is negative"))
+    elif processes > max_processes:
+        violations.append(
+            FieldViolation(
+                "resources.processes",
+                f"{processes} is more than a training worker runs ({max_processes}, the "
+                "trainer's max_job_processes: the GPUs of one worker)",
+            )
+        )
+    elif processes > 1 and method not in DISTRIBUTED_METHODS:
+        violations.append(
+            FieldViolation(
+                "resources.processes",
+                f"{method} trains in one process only; several processes (FSDP2) support "
+                f"{sorted(DISTRIBUTED_METHODS)}",
+            )
+        )
+    if nodes < 0 or nodes > 1:
+        violations.append(
+            FieldViolation(
+                "resources.nodes",
+                f"{nodes}: a job runs on one worker node (up to its GPUs); training across "
+                "nodes is not offered by the trainer service (deploy/README.md)",
+            )
+        )
+    if violations:
+        raise InvalidArgument(violations=violations)
+    return max(processes, 1)
 
 
 def _from_yaml(config_yaml: str) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class JobRequest:
     config_yaml: str  # TrainingJobConfig YAML, without machine paths
     output_name: str
     submitted_by: str
+    processes: int = 1  # > 1: torchrun with that many processes on one worker's node
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,7 @@ class JobBook:
             dataset_manifest_sha256=request.dataset_manifest.sha256,
             dataset_manifest_size=request.dataset_manifest.size_bytes,
             method=request.method,
+            processes=request.processes,
             config_yaml=request.config_yaml,
             output_name=request.output_name,
             submitted_by=request.submitted_by,
@@ -327,12 +329,21 @@ class JobBook:
                 return Claim("cancel" if job.cancel_requested else "run", job, job.attempt)
         return Claim("wait", self.session.get(TrainingJobRow, job_id), 0)
 
-    def claim_next(self, worker_id: str, *, stale_after_s: float, limit: int = 20) -> Claim | None:
+    def claim_next(
+        self,
+        worker_id: str,
+        *,
+        stale_after_s: float,
+        max_processes: int | None = None,
+        limit: int = 20,
+    ) -> Claim | None:
         """Take the next job for an idle worker: first a RUNNING job whose worker stopped
-        heartbeating (it has checkpoints to resume from), then the oldest QUEUED one.
-        Returns a "run" or "cancel" Claim, or None when there is nothing to take."""
+        heartbeating (it has checkpoints to resume from), then the oldest QUEUED one; only
+        jobs of at most `max_processes` processes (None: any). Returns a "run" or "cancel"
+        Claim, or None when there is nothing to take."""
+        fits = [] if max_processes is None else [TrainingJobRow.processes <= max_processes]
         running = self.session.scalars(
-            sa.select(TrainingJobRow).where(TrainingJobRow.state == RUNNING)
+            sa.select(TrainingJobRow).where(TrainingJobRow.state == RUNNING, *fits)
         ).all()
         orphans = [
             j.job_id
@@ -341,7 +352,7 @@ class JobBook:
         ]
         queued = self.session.scalars(
             sa.select(TrainingJobRow.job_id)
-            .where(TrainingJobRow.state == QUEUED)
+            .where(TrainingJobRow.state == QUEUED, *fits)
             .order_by(TrainingJobRow.created_at, TrainingJobRow.job_id)
             .limit(limit)
         ).all()

@@ -2,9 +2,10 @@
 
 training_jobs holds one row per job: what to train (base model and dataset version, each
 with the artifact ref it resolved to at submission), how (the full job config as YAML,
-without machine paths), and where the job is (state, owning worker, attempt, heartbeat,
-last step), and the correlation id of the request that submitted it. training_job_progress holds one row per optimizer step per attempt, for
-WatchJob and for telling afterwards which steps each attempt ran. Both live in the
+without machine paths, and the number of processes it trains with), where the job is
+(state, owning worker, attempt, heartbeat, last step), and the correlation id of the
+request that submitted it. training_job_progress holds one row per optimizer step per
+attempt, for WatchJob and for telling afterwards which steps each attempt ran. Both live in the
 trainer's database beside the event bus tables, so a state change and its event commit
 in one transaction.
 """
@@ -41,6 +42,8 @@ class TrainingJobRow(Base):
     dataset_manifest_sha256: Mapped[str] = mapped_column(sa.String(64))
     dataset_manifest_size: Mapped[int] = mapped_column(sa.BigInteger)
     method: Mapped[str] = mapped_column(sa.String(20))
+    # 1: trained in the worker's process; N > 1: torchrun with N processes (one per GPU).
+    processes: Mapped[int] = mapped_column(sa.Integer, default=1)
     config_yaml: Mapped[str] = mapped_column(sa.Text)
     output_name: Mapped[str] = mapped_column(sa.String(100))
     submitted_by: Mapped[str] = mapped_column(sa.String(200))
@@ -156,7 +159,15 @@ def _m0002(op: Operations) -> None:
     )
 
 
+def _m0003(op: Operations) -> None:
+    op.add_column(
+        "training_jobs",
+        sa.Column("processes", sa.Integer, nullable=False, server_default="1"),
+    )
+
+
 TRAINER_MIGRATIONS = [
     Migration("0001_training_jobs_and_progress", _m0001),
     Migration("0002_training_jobs_correlation_id", _m0002),
+    Migration("0003_training_jobs_processes", _m0003),
 ]

@@ -13,9 +13,14 @@ A run:
   1. fetch the base model and dataset folders by their manifest refs into a local cache
      keyed by sha256 (reused by later jobs on this machine), and run_training with an
      S3CheckpointStore: a take-over on another machine resumes from the last checkpoint.
+     A job of N > 1 processes runs as the SFT recipe under torchrun instead
+     (posttrain.training.distributed.launch: one process per GPU, CPU processes over gloo
+     on a machine without GPUs), with the same store built in its rank 0
+     (checkpoints.store_from_env): sharded checkpoints, resumed by the same N processes.
      Every step writes a progress row and a heartbeat and publishes training.progress
      (directly: a progress tick changes no state that must survive); a heartbeat thread
-     keeps the job alive through downloads, model loading and uploads.
+     keeps the job alive through downloads, model loading and uploads. A worker takes
+     only jobs of at most `max_processes` processes.
   2. publish adapter/ or model/, merged/ (if asked) and report/ as folder artifacts, then
      record SUCCEEDED with training.completed (one transaction, outbox).
 A failure of the training itself is FAILED with training.failed, not retried: the same
@@ -28,7 +33,10 @@ heartbeat was late) stops and records nothing: every write of its attempt is ref
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import re
 import shutil
 import threading
 from collections.abc import Callable
@@ -39,6 +47,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from posttrain.config import S3Settings
 from posttrain.correlation import correlation_scope
 from posttrain.db import session_scope
 from posttrain.events import HandlerContext, PoisonEvent, ReceivedEvent, add_to_outbox
@@ -50,7 +59,12 @@ from posttrain.storage import (
     EndpointUnreachable,
 )
 from posttrain.trainer import metrics
-from posttrain.trainer.checkpoints import S3CheckpointStore
+from posttrain.trainer.checkpoints import (
+    FENCE_FILE,
+    STORE_FACTORY,
+    S3CheckpointStore,
+    launch_env,
+)
 from posttrain.trainer.jobs import (
     Claim,
     Completion,
@@ -67,6 +81,7 @@ from posttrain.training import (
     TrainingResult,
     run_training,
 )
+from posttrain.training.distributed import launch
 from posttrain.training.report import code_version as git_code_version
 from posttrain.v1 import events_pb2
 
@@ -87,6 +102,19 @@ ProgressSink = Callable[[str, events_pb2.TrainingProgress], None]
 # with meta tensors), so a process trains one job at a time: run more worker processes,
 # not more workers per process. Two workers in one process just take turns.
 _TRAINING_LOCK = threading.Lock()
+# The exception a rank died of, in torchrun's output (not torchrun's own summary of it).
+# torchrun prefixes each line of a rank's stderr with "[rank<N>]: ".
+_RANK_ERROR = re.compile(
+    r"^(?:\[rank\d+\]:\s*)?(?!.*ChildFailedError)([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$"
+)
+
+
+class DistributedRunFailed(Exception):
+    """The processes of a job failed; `error_type` is the exception a rank died of."""
+
+    def __init__(self, message: str, error_type: str = "DistributedRunFailed") -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 @dataclass(frozen=True)
@@ -98,6 +126,9 @@ class WorkerOptions:
     stale_after_s: float = 60.0  # a heartbeat older than this: the worker is taken for dead
     scan_interval_s: float = 5.0  # an idle worker looks for work at least this often
     checkpoint_keep_last: int | None = 2
+    max_processes: int = 1  # the largest job it takes: the GPUs it has (or CPU processes)
+    # A job of several processes still running this long after its cancel is terminated.
+    cancel_grace_s: float | None = 300.0
     producer_name: str = "trainer"  # in the envelopes of the events it stages
 
     def __post_init__(self) -> None:
@@ -145,9 +176,14 @@ class _Attempt:
 @dataclass
 class _Outcome:
     status: str  # completed | cancelled | interrupted
-    result: TrainingResult
+    result: TrainingResult | None  # None: processes terminated before they reported
     artifacts: list[ArtifactRef] = dataclasses.field(default_factory=list)
     kind: str = ""
+    last_step: int = 0  # the last step reported, when there is no result
+
+    @property
+    def steps(self) -> int:
+        return self.result.steps if self.result is not None else self.last_step
 
 
 class TrainingWorker:
@@ -159,7 +195,10 @@ class TrainingWorker:
         *,
         publish_progress: ProgressSink | None = None,
         code_version: str | None = None,
+        s3: S3Settings | None = None,
     ) -> None:
+        """`s3`: the settings of `store`, handed to the processes of a job of several
+        (None: they read POSTTRAIN_S3_* from the environment they inherit)."""
         self.engine = engine
         self.store = store
         self.options = options
@@ -167,6 +206,7 @@ class TrainingWorker:
         self.cache = FolderCache(store, options.cache_dir)
         self.publish_progress = publish_progress
         self.code_version = code_version or git_code_version()
+        self.s3 = s3
         self._stopping = threading.Event()
         self._doorbell = threading.Event()
 
@@ -206,7 +246,9 @@ class TrainingWorker:
             return None
         with session_scope(self.engine) as session:
             claim = JobBook(session).claim_next(
-                self.worker_id, stale_after_s=self.options.stale_after_s
+                self.worker_id,
+                stale_after_s=self.options.stale_after_s,
+                max_processes=self.options.max_processes,
             )
         if claim is None:
             return None
@@ -254,7 +296,7 @@ class TrainingWorker:
             if run.lost.is_set():
                 raise LostOwnership(job_id, self.worker_id, attempt) from exc
             log.exception("job %s attempt %d failed", job_id, attempt)
-            error_type = type(exc).__name__
+            error_type = getattr(exc, "error_type", type(exc).__name__)
             error = f"{error_type}: {exc}"
             retryable = isinstance(exc, RETRYABLE_ERRORS)
             self._record(
@@ -269,7 +311,7 @@ class TrainingWorker:
             )
             metrics.JOBS.labels("failed").inc()
             return
-        steps = outcome.result.steps
+        steps = outcome.steps
         if outcome.status == "interrupted":
             self._record(lambda b: b.release(job_id, self.worker_id, attempt))
             log.info("job %s handed back at step %d", job_id, steps)
@@ -312,41 +354,103 @@ class TrainingWorker:
         config = dataclasses.replace(config, base_model=str(base_dir))
         out = self._work_dir(run)
         shutil.rmtree(out, ignore_errors=True)
-        checkpoints = S3CheckpointStore(
-            self.store,
-            job.job_id,
-            keep_last=self.options.checkpoint_keep_last,
-            before_save=lambda: self._check_owner(run),
+        eval_file = data_dir / "eval.jsonl"
+        eval_rows = eval_file if eval_file.is_file() else None
+        lineage = Lineage(
+            dataset_version=job.dataset_version,
+            base_model_hash=job.base_weights_sha256,
+            code_version=self.code_version,
+            extra={
+                "job_id": job.job_id,
+                "attempt": str(run.attempt),
+                "base_model": job.base_model,
+                "dataset": job.dataset,
+            },
         )
-        eval_rows = data_dir / "eval.jsonl"
-        with _TRAINING_LOCK:
-            result = run_training(
-                config,
-                data_dir / "train.jsonl",
-                eval_rows if eval_rows.is_file() else None,
-                out,
-                checkpoints,
-                progress=lambda event: self._on_progress(run, event),
-                should_cancel=lambda: self._should_cancel(run),
-                lineage=Lineage(
-                    dataset_version=job.dataset_version,
-                    base_model_hash=job.base_weights_sha256,
-                    code_version=self.code_version,
-                    extra={
-                        "job_id": job.job_id,
-                        "attempt": str(run.attempt),
-                        "base_model": job.base_model,
-                        "dataset": job.dataset,
-                    },
-                ),
+        if job.processes > 1:
+            outcome = self._run_processes(run, config, data_dir / "train.jsonl", eval_rows, out)
+            if outcome.result is None:
+                return self._stopped(run, outcome)
+            result = _with_lineage(outcome.result, lineage)
+        else:
+            checkpoints = S3CheckpointStore(
+                self.store,
+                job.job_id,
+                keep_last=self.options.checkpoint_keep_last,
+                before_save=lambda: self._check_owner(run),
             )
+            with _TRAINING_LOCK:
+                result = run_training(
+                    config,
+                    data_dir / "train.jsonl",
+                    eval_rows,
+                    out,
+                    checkpoints,
+                    progress=lambda event: self._on_progress(run, event),
+                    should_cancel=lambda: self._should_cancel(run),
+                    lineage=lineage,
+                )
         if result.status == "cancelled":
-            if run.lost.is_set():
-                raise LostOwnership(run.job_id, self.worker_id, run.attempt)
-            return _Outcome("interrupted" if self._stopping.is_set() else "cancelled", result)
+            return self._stopped(run, _Outcome("cancelled", result))
         self._check_owner(run)  # a worker that lost the job publishes nothing
         refs, kind = self._publish(run, result)
         return _Outcome("completed", result, refs, kind)
+
+    def _stopped(self, run: _Attempt, outcome: _Outcome) -> _Outcome:
+        """A run that stopped before its end: cancelled, or interrupted by stop()."""
+        if run.lost.is_set():
+            raise LostOwnership(run.job_id, self.worker_id, run.attempt)
+        outcome.status = "interrupted" if self._stopping.is_set() else "cancelled"
+        return outcome
+
+    def _run_processes(
+        self,
+        run: _Attempt,
+        config: TrainingJobConfig,
+        train: Path,
+        eval_rows: Path | None,
+        out: Path,
+    ) -> _Outcome:
+        """The job as the SFT recipe under torchrun with job.processes processes on this
+        node. Progress comes from rank 0's progress file; a cancel, a stop or a lost job
+        creates OUT/CANCEL (and, when lost, the fence that refuses checkpoints); processes
+        that do not stop within cancel_grace_s are terminated."""
+        last_step = 0
+
+        def progress(event: ProgressEvent) -> None:
+            nonlocal last_step
+            last_step = event.step
+            self._on_progress(run, event)
+
+        def should_cancel() -> bool:
+            stop = self._should_cancel(run)
+            if run.lost.is_set():
+                (out / FENCE_FILE).touch()
+            return stop
+
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = out / "torchrun.log"
+        env = launch_env(run.job_id, self.options.checkpoint_keep_last, self.s3)
+        launched = launch(
+            config,
+            train,
+            eval_rows,
+            out,
+            nproc_per_node=run.job.processes,
+            checkpoint_store=STORE_FACTORY,
+            progress=progress,
+            should_cancel=should_cancel,
+            cancel_grace_s=self.options.cancel_grace_s,
+            env={**os.environ, **env},
+            output=log_file,
+        )
+        if launched.status == "failed":
+            if run.lost.is_set():
+                raise LostOwnership(run.job_id, self.worker_id, run.attempt)
+            raise _launch_failure(run.job.processes, launched.returncode, log_file)
+        if launched.returncode != 0:  # terminated after its cancel: no report
+            return _Outcome("cancelled", None, last_step=last_step)
+        return _Outcome(launched.status, _launched_result(launched.report_path))
 
     def _publish(self, run: _Attempt, result: TrainingResult) -> tuple[list[ArtifactRef], str]:
         """Every artifact under models/<tenant>/<output>/<job>/attempt-<n>/<kind>: names
@@ -457,3 +561,52 @@ class TrainingWorker:
                 return
             except Exception:  # noqa: BLE001 - keep beating through a brief DB outage
                 log.warning("heartbeat of job %s failed", run.job_id, exc_info=True)
+
+
+def _launched_result(report_path: Path) -> TrainingResult:
+    """The TrainingResult of a run under torchrun, from the report rank 0 wrote."""
+    report = json.loads(report_path.read_text())
+    artifacts = {kind: Path(path) for kind, path in report["artifacts"].items()}
+    kind = "merged" if "merged" in artifacts else report["method"]["artifact_kind"]
+    return TrainingResult(
+        status=report["status"],
+        artifact_dir=artifacts.get(kind),
+        artifact_kind=kind if artifacts else None,
+        artifacts=artifacts,
+        report_path=report_path,
+        metrics=report["metrics"],
+        trainable_params=report["params"]["trainable"],
+        total_params=report["params"]["total"],
+        steps=report["steps"],
+        total_steps=report["total_steps"],
+        tokens=report["tokens"],
+        wall_time_s=report["wall_time_s"],
+        peak_memory_bytes=report["peak_memory"]["bytes"],
+        peak_memory_kind=report["peak_memory"]["kind"],
+        data=report["data"],
+        history=report["history"],
+        eval_history=report["eval_history"],
+        resumed_from_step=report["resumed_from_step"],
+    )
+
+
+def _with_lineage(result: TrainingResult, lineage: Lineage) -> TrainingResult:
+    """The recipe under torchrun knows no job: its report gets the job's lineage here."""
+    report = json.loads(result.report_path.read_text())
+    seed = report["lineage"]["seed"]
+    report["lineage"] = {**dataclasses.asdict(lineage.resolved()), "seed": seed}
+    result.report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return result
+
+
+def _launch_failure(processes: int, returncode: int, log_file: Path) -> DistributedRunFailed:
+    """The error of a failed torchrun: the first exception a rank died of, else its code."""
+    lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []
+    log.error("torchrun of %d processes exited with %d:\n%s", processes, returncode,
+              "\n".join(lines[-60:]))  # fmt: skip
+    for line in lines:
+        match = _RANK_ERROR.match(line.strip())
+        if match:
+            error_type = match.group(1).rsplit(".", 1)[-1]
+            return DistributedRunFailed(match.group(2), error_type)
+    return DistributedRunFailed(f"torchrun of {processes} processes exited with {returncode}")

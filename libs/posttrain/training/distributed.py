@@ -417,7 +417,7 @@ def torchrun_command(
 
 @dataclass
 class LaunchResult:
-    status: str  # "completed" | "cancelled" (from the report) | "failed"
+    status: str  # "completed" | "cancelled" (from the report, or stopped) | "failed"
     returncode: int  # torchrun's
     report_path: Path  # training_report.json (written by rank 0 when not failed)
     command: list[str]
@@ -437,7 +437,9 @@ def launch(
     checkpoint_store: str | None = None,
     progress: Callable[[Any], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    cancel_grace_s: float | None = None,
     env: dict[str, str] | None = None,
+    output: Path | None = None,
     poll_s: float = 0.5,
 ) -> LaunchResult:
     """Run the SFT recipe under torchrun on this node and wait for it.
@@ -445,8 +447,12 @@ def launch(
     The config is written to OUT/job.yaml. `progress` receives the ProgressEvent of every
     step (rank 0 appends them to OUT/progress.jsonl); when `should_cancel()` turns True,
     OUT/CANCEL is created and rank 0 stops every rank at the next step boundary with a
-    checkpoint (status "cancelled"). `checkpoint_store` is "module:factory", called as factory(out) in each
-    process to build the CheckpointStore (default: LocalCheckpointStore(OUT/checkpoints))."""
+    checkpoint (status "cancelled"); if that takes more than `cancel_grace_s`, torchrun and
+    its ranks are terminated: "cancelled" too, with no new checkpoint. An exception out of
+    `progress` or `should_cancel` terminates them as well, then propagates. `checkpoint_store` is "module:factory", called as
+    factory(out) in each process to build the CheckpointStore (default:
+    LocalCheckpointStore(OUT/checkpoints)). torchrun's stdout and stderr (every rank's)
+    are appended to `output` if given, else go to this process's."""
     from posttrain.training.engine import ProgressEvent
 
     out = Path(out)
@@ -471,23 +477,60 @@ def launch(
         master_port=master_port,
         extra_args=extra,
     )
-    seen = 0
-    with subprocess.Popen(command, env=env) as process:
-        while True:
-            finished = process.poll() is not None
-            if progress is not None and progress_file.is_file():
-                # Only newline-terminated lines: the last one may be half-written.
-                complete = progress_file.read_text().split("\n")[:-1]
-                for line in complete[seen:]:
-                    progress(ProgressEvent(**json.loads(line)))
-                seen = max(seen, len(complete))
-            if finished:
-                break
-            if should_cancel is not None and not cancel_file.exists() and should_cancel():
-                cancel_file.touch()
-            time.sleep(poll_s)
+    seen, cancelled_at, stopped = 0, None, False
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(output, "ab")) if output is not None else None
+        process = stack.enter_context(
+            subprocess.Popen(
+                command, env=env, stdout=sink, stderr=subprocess.STDOUT if sink else None
+            )
+        )
+        try:
+            while True:
+                finished = process.poll() is not None
+                if progress is not None and progress_file.is_file():
+                    # Only newline-terminated lines: the last one may be half-written.
+                    complete = progress_file.read_text().split("\n")[:-1]
+                    for line in complete[seen:]:
+                        progress(ProgressEvent(**json.loads(line)))
+                    seen = max(seen, len(complete))
+                if finished:
+                    break
+                if should_cancel is not None and cancelled_at is None and should_cancel():
+                    cancel_file.touch()
+                    cancelled_at = time.monotonic()
+                waited = time.monotonic() - cancelled_at if cancelled_at is not None else 0.0
+                if cancel_grace_s is not None and waited > cancel_grace_s:
+                    _stop_torchrun(process)
+                    stopped = True
+                    break
+                time.sleep(poll_s)
+        except BaseException:
+            _stop_torchrun(process)
+            raise
     report = out / "report" / "training_report.json"
-    status = "failed"
+    status = "cancelled" if stopped else "failed"
     if process.returncode == 0:  # the report was (re)written by this run
         status = json.loads(report.read_text())["status"]
     return LaunchResult(status, process.returncode, report, command)
+
+
+def _stop_torchrun(process: subprocess.Popen, grace_s: float = 45.0) -> None:
+    """SIGTERM to torchrun, which stops its ranks (each in a session of its own) and exits;
+    SIGKILL to it, then to any rank left, after `grace_s` (torchrun's own is 30 s)."""
+    import psutil
+
+    try:
+        ranks = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        ranks = []
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    _, left = psutil.wait_procs(ranks, timeout=5)
+    for rank in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rank.kill()

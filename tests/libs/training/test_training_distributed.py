@@ -205,6 +205,38 @@ def test_launch_cancels_before_the_first_step_and_resumes_from_step_0(runs, tmp_
         assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-6)
 
 
+def test_launch_stops_torchrun_and_its_ranks_after_the_cancel_grace(
+    tiny_model, train_rows, tmp_path
+) -> None:
+    """Ranks that do not reach a step boundary within cancel_grace_s (here 0, asked as soon
+    as both ranks run): torchrun and its ranks are terminated, status "cancelled"."""
+    import psutil
+
+    started: list[subprocess.Popen] = []
+    ranks: list[psutil.Process] = []
+    popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def both_ranks_run() -> bool:
+        ranks[:] = psutil.Process(started[0].pid).children(recursive=True)
+        return len(ranks) >= PROCESSES
+
+    train = _write_jsonl(tmp_path / "train.jsonl", train_rows[:8])
+    config = _config(str(tiny_model), "lora", PER_RANK_BATCH)
+    with mock.patch("subprocess.Popen", side_effect=recording_popen):
+        stopped = launch(
+            config, train, None, tmp_path / "run", nproc_per_node=PROCESSES,
+            should_cancel=both_ranks_run, cancel_grace_s=0.0,
+            output=tmp_path / "torchrun.log", poll_s=0.1,
+        )  # fmt: skip
+    assert stopped.status == "cancelled" and stopped.returncode != 0
+    assert not (tmp_path / "run" / "report").exists()
+    assert len(ranks) >= PROCESSES and not any(r.is_running() for r in ranks)
+
+
 def test_resume_with_another_number_of_processes_is_refused(runs) -> None:
     job = json.loads((runs["work"] / "spec.json").read_text())["jobs"]["resume"]
     with pytest.raises(ValueError, match="written by 2 process"):

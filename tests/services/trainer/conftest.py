@@ -200,8 +200,9 @@ class TrainerEnv:
         assert job.state in states, f"job {job_id} is {job.state}: {job.error}"
         return job
 
-    def start_worker(self, name: str) -> WorkerRuntime:
-        """A training worker in this process, once its producer and relay are up."""
+    def start_worker(self, name: str, max_processes: int = 1) -> WorkerRuntime:
+        """A training worker in this process, once its producer and relay are up; it takes
+        jobs of up to `max_processes` processes (CPU processes over gloo here)."""
         options = WorkerOptions(
             worker_id=name,
             cache_dir=self.tmp / "cache",
@@ -209,6 +210,7 @@ class TrainerEnv:
             heartbeat_interval_s=0.5,
             stale_after_s=3.0,
             scan_interval_s=0.3,
+            max_processes=max_processes,
         )
         runtime = WorkerRuntime(self.settings, self.engine, store=self.store, options=options)
         self.workers.append(runtime.start())
@@ -236,6 +238,7 @@ def _trainer_env(db_url, stack, store, inputs, tmp_path) -> Iterator[TrainerEnv]
     settings = TrainerSettings(
         state_dir=str(tmp_path),
         kafka=KafkaSettings(bootstrap_servers=stack.kafka_bootstrap),
+        s3=stack.s3_settings(bucket=store.bucket),  # what a job's launched processes use
         worker_group=f"trainer-test-{uuid.uuid4().hex[:8]}",
         watch_poll_s=0.05,
     )
