@@ -71,7 +71,12 @@ from posttrain.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from services.trainer.lookups import BaseModelLookup, DatasetLookup, forwarded_credentials
+from services.trainer.lookups import (
+    BaseModelLookup,
+    DatasetLookup,
+    forwarded_credentials,
+    training_inputs,
+)
 from services.trainer.settings import TrainerSettings
 
 SERVICE_NAME = comparison_pb2.DESCRIPTOR.services_by_name["ComparisonService"].full_name
@@ -208,20 +213,14 @@ class ComparisonServicer(comparison_pb2_grpc.ComparisonServiceServicer):
         if violations:
             raise InvalidArgument(violations=violations)
 
-        credentials = forwarded_credentials(context)
-        version = self.datasets.get_version(request.dataset, request.dataset_version, credentials)
-        if version.state != common_pb2.APPROVAL_STATE_APPROVED:
-            state = common_pb2.ApprovalState.Name(version.state).removeprefix("APPROVAL_STATE_")
-            raise FailedPrecondition(
-                f"dataset version {request.dataset}@{request.dataset_version} is {state}: "
-                f"only APPROVED versions can be trained on"
-            )
-        base = self.base_models.get_base_model(request.base_model, credentials)
-        try:
-            weights = ArtifactRef.from_proto(base.weights)
-            manifest = ArtifactRef.from_proto(version.manifest)
-        except ValueError as exc:
-            raise FailedPrecondition(f"cannot locate the candidates' inputs: {exc}") from None
+        version, weights, manifest = training_inputs(
+            self.datasets,
+            self.base_models,
+            dataset=request.dataset,
+            dataset_version=request.dataset_version,
+            base_model=request.base_model,
+            credentials=forwarded_credentials(context),
+        )
 
         candidates = [
             CandidatePlan(

@@ -16,6 +16,7 @@ import grpc
 
 from posttrain.rpc import make_channel
 from posttrain.rpc.errors import (
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -23,7 +24,8 @@ from posttrain.rpc.errors import (
     Unauthenticated,
     Unavailable,
 )
-from posttrain.v1 import intake_pb2, intake_pb2_grpc, registry_pb2, registry_pb2_grpc
+from posttrain.storage import ArtifactRef
+from posttrain.v1 import common_pb2, intake_pb2, intake_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 Credentials = Sequence[tuple[str, str]]  # metadata pairs forwarded as they came
 CREDENTIAL_HEADERS = ("authorization", "x-api-key")
@@ -46,6 +48,35 @@ class DatasetLookup(Protocol):
 
 class BaseModelLookup(Protocol):
     def get_base_model(self, name: str, credentials: Credentials) -> registry_pb2.BaseModel: ...
+
+
+def training_inputs(
+    datasets: DatasetLookup,
+    base_models: BaseModelLookup,
+    *,
+    dataset: str,
+    dataset_version: str,
+    base_model: str,
+    credentials: Credentials,
+) -> tuple[intake_pb2.DatasetVersion, ArtifactRef, ArtifactRef]:
+    """What a job trains on, asked with the caller's credentials: the dataset version
+    (FailedPrecondition unless APPROVED), the base weights' ref and the data's ref."""
+    version = datasets.get_version(dataset, dataset_version, credentials)
+    if version.state != common_pb2.APPROVAL_STATE_APPROVED:
+        state = common_pb2.ApprovalState.Name(version.state).removeprefix("APPROVAL_STATE_")
+        raise FailedPrecondition(
+            f"dataset version {dataset}@{dataset_version} is {state}: "
+            f"only APPROVED versions can be trained on"
+        )
+    base = base_models.get_base_model(base_model, credentials)
+    try:
+        return (
+            version,
+            ArtifactRef.from_proto(base.weights),
+            ArtifactRef.from_proto(version.manifest),
+        )
+    except ValueError as exc:
+        raise FailedPrecondition(f"cannot locate the training inputs: {exc}") from None
 
 
 class GrpcDatasetLookup:

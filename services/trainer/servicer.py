@@ -32,7 +32,6 @@ from posttrain.intake import check_name, check_version_id
 from posttrain.registry import names
 from posttrain.rpc import (
     ROLES,
-    FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
     Principal,
@@ -43,7 +42,6 @@ from posttrain.rpc import (
 )
 from posttrain.rpc.paging import page_bounds, page_response
 from posttrain.rpc.server import AddServicerFn
-from posttrain.storage import ArtifactRef
 from posttrain.trainer import (
     METHOD_TO_PROTO,
     PROTO_TO_METHOD,
@@ -64,6 +62,7 @@ from services.trainer.lookups import (
     GrpcBaseModelLookup,
     GrpcDatasetLookup,
     forwarded_credentials,
+    training_inputs,
 )
 from services.trainer.settings import TrainerSettings
 
@@ -124,20 +123,14 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
             max_processes=self.settings.max_job_processes,
         )
 
-        credentials = forwarded_credentials(context)
-        version = self.datasets.get_version(request.dataset, request.dataset_version, credentials)
-        if version.state != common_pb2.APPROVAL_STATE_APPROVED:
-            state = common_pb2.ApprovalState.Name(version.state).removeprefix("APPROVAL_STATE_")
-            raise FailedPrecondition(
-                f"dataset version {request.dataset}@{request.dataset_version} is {state}: "
-                f"only APPROVED versions can be trained on"
-            )
-        base = self.base_models.get_base_model(request.base_model, credentials)
-        try:
-            weights = ArtifactRef.from_proto(base.weights)
-            manifest = ArtifactRef.from_proto(version.manifest)
-        except ValueError as exc:
-            raise FailedPrecondition(f"cannot locate the job's inputs: {exc}") from None
+        _, weights, manifest = training_inputs(
+            self.datasets,
+            self.base_models,
+            dataset=request.dataset,
+            dataset_version=request.dataset_version,
+            base_model=request.base_model,
+            credentials=forwarded_credentials(context),
+        )
 
         with session_scope(self.engine) as session:
             job = JobBook(session, _outbox_emit(session)).submit(

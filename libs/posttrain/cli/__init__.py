@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from posttrain import __version__
+from posttrain.cli.compare import compare
 from posttrain.cli.datasets import datasets
 from posttrain.cli.demo import demo
 from posttrain.cli.eval import eval_
@@ -29,6 +30,7 @@ cli.add_command(eval_)
 cli.add_command(train)
 cli.add_command(serve)
 cli.add_command(experiments)
+cli.add_command(compare)
 
 
 def main() -> None:
