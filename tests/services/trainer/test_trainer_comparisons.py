@@ -278,3 +278,62 @@ def test_the_total_budget_cancels_what_has_not_run(sqlite_comparisons):
     assert "total time budget" in got.candidates[0].note
     assert env.trainer.job(got.candidates[0].job_id).state == "CANCELLED"
     assert got.recommended_candidate == "" and "nothing to recommend" in got.recommendation
+
+
+def test_the_cli_creates_shows_and_lists(sqlite_comparisons):
+    from click.testing import CliRunner
+
+    from posttrain.cli import cli
+
+    env = sqlite_comparisons
+    runner = CliRunner()
+    target = ["--target", env.server.address, "--api-key", env.trainer.keys["alice"]]
+    create = [
+        "compare",
+        "create",
+        "--name",
+        "support-bot",
+        "--base-model",
+        BASE_MODEL,
+        "--dataset",
+        "support",
+        "--version",
+        APPROVED_VERSION,
+        "--max-steps",
+        "3",
+    ]
+    usage = runner.invoke(cli, [*create, "--candidate", "x=sideways", *target])
+    assert usage.exit_code == 2 and "NAME=METHOD" in usage.output
+    refused = runner.invoke(
+        cli, [*create, "--candidate", "r=lora,method_config.rank=many", *target]
+    )
+    assert refused.exit_code == 1
+    assert "candidates[0].method_config.rank" in refused.output
+
+    made = runner.invoke(
+        cli,
+        [
+            *create,
+            "--candidate",
+            "lora-r2=lora,method_config.rank=2",
+            "--candidate",
+            "prompt=prompt",
+            "--set",
+            "lr=1e-3",
+            "--tenants",
+            "4",
+            "--json",
+            *target,
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    created = json.loads(made.output)
+    assert created["serving"]["tenants"] == 4
+    assert created["candidates"][0]["spec"]["method_config"] == {"rank": "2"}
+    assert created["candidates"][1]["spec"]["hyperparameters"] == {"lr": "1e-3"}
+    shown = runner.invoke(cli, ["compare", "show", created["id"], *target])
+    assert shown.exit_code == 0 and "RUNNING" in shown.output and "lora-r2" in shown.output
+    listed = runner.invoke(cli, ["compare", "list", *target])
+    assert listed.exit_code == 0 and created["id"] in listed.output
+    early = runner.invoke(cli, ["compare", "report", created["id"], *target])
+    assert early.exit_code == 1 and "FAILED_PRECONDITION" in early.output
