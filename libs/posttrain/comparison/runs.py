@@ -324,11 +324,15 @@ class ComparisonCollector:
             cand = session.get(CandidateRow, (comparison_id, position))
             tenant, name, job_id = cmp.tenant, cand.output_name, cand.job_id
             version_id, since = cand.model_version_id, as_utc(cand.evaluating_since)
-        version = None
-        if not version_id:
-            version = self.versions.version_for_job(name, job_id, tenant)
-            version_id = version.id if version is not None else ""
-        report = self.reports.report_for(version_id, tenant) if version_id else None
+        report, problem = None, ""
+        try:
+            if not version_id:
+                version = self.versions.version_for_job(name, job_id, tenant)
+                version_id = version.id if version is not None else ""
+            report = self.reports.report_for(version_id, tenant) if version_id else None
+        except Exception as exc:  # noqa: BLE001 - asked again next pass, until the timeout
+            problem = f"; last lookup error: {exc}"
+            log.warning("comparison %s candidate %s: %s", comparison_id, position, exc)
         waited = (utcnow() - since).total_seconds() if since else 0.0
         timed_out = waited > self.options.evaluation_timeout_s or over_total
         with session_scope(self.engine) as session:
@@ -350,6 +354,7 @@ class ComparisonCollector:
                     f"not evaluated: no report {waited:.0f}s after training"
                     + (" (the total budget is spent)" if over_total else "")
                     + ("" if version_id else "; the registry has no version of it")
+                    + problem
                 )
             if cand.measurement.get("error"):
                 cand.note = (cand.note + "; " + cand.measurement["error"]).strip("; ")

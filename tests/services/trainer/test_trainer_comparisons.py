@@ -337,3 +337,35 @@ def test_the_cli_creates_shows_and_lists(sqlite_comparisons):
     assert listed.exit_code == 0 and created["id"] in listed.output
     early = runner.invoke(cli, ["compare", "report", created["id"], *target])
     assert early.exit_code == 1 and "FAILED_PRECONDITION" in early.output
+
+
+def test_a_candidate_without_an_evaluation_is_measured_after_the_timeout(sqlite_comparisons):
+    env = sqlite_comparisons
+    env.trainer.start_worker("w1")
+
+    class DownRegistry:
+        def version_for_job(self, name, job_id, tenant):
+            raise RuntimeError("registry at 127.0.0.1:1 is UNAVAILABLE")
+
+    env.versions = DownRegistry()
+    stub = env.stub("alice")
+    created = stub.CreateComparison(env.request(candidates=env.request().candidates[:1]))
+    collector = env.collector(evaluation_timeout_s=0.0)
+
+    def done():
+        collector.run_once()
+        got = stub.GetComparison(comparison_pb2.GetComparisonRequest(id=created.id))
+        return got if got.state == comparison_pb2.COMPARISON_STATE_COMPLETED else None
+
+    got = wait_for("the comparison to complete", done, timeout_s=240, every_s=0.3)
+    [cand] = got.candidates
+    assert cand.state == comparison_pb2.CANDIDATE_STATE_MEASURED
+    assert "not evaluated" in cand.note and "UNAVAILABLE" in cand.note
+    report = json.loads(
+        stub.GetComparisonReport(comparison_pb2.GetComparisonRequest(id=created.id)).report_json
+    )
+    [measured] = report["candidates"]
+    assert measured["quality"] == {} and measured["wall_time_s"] > 0
+    # No quality number: no rule on one holds; the fallback still names the candidate.
+    assert report["recommendation"]["method_rule"] == "best-measured-quality"
+    assert report["recommendation"]["candidate"] == "lora-r2"
