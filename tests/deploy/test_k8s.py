@@ -10,7 +10,8 @@ these manifests need (1.27: native gRPC probes) and the newest one bundled.
 
 Then, as test_compose.py does for compose: settings against posttrain.config, ports
 against SERVICE_PORTS, probes, selectors and references, resources and GPUs, pod
-security, images, backing-service addresses, and that no secret value is in the repo.
+security, images, backing-service addresses, GPUs against the job sizes workers take, the
+model repository Triton and the gateway share, and that no secret value is in the repo.
 """
 
 from __future__ import annotations
@@ -947,7 +948,65 @@ def test_backing_addresses_reach_services_on_their_ports(overlay):
     assert external == ({"kafka", "minio", "postgres"} if overlay == "prod" else set())
 
 
-def test_triton_serves_the_services_bucket_under_explicit_model_control():
+def mounted_claims(workload: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Mount path -> (PersistentVolumeClaim name, read-only) of the main container."""
+    volumes = {v["name"]: v for v in pod_template(workload)["spec"]["volumes"]}
+    found = {}
+    for mount in main_container(workload).get("volumeMounts", []):
+        claim = volumes[mount["name"]].get("persistentVolumeClaim")
+        if claim:
+            found[mount["mountPath"]] = (claim["claimName"], bool(mount.get("readOnly")))
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_and_triton_share_one_read_write_many_model_repository(overlay):
+    """The gateway writes model folders and installs adapters where Triton reads them: the
+    same ReadWriteMany claim at the same path in every gateway pod and the Triton pod (an
+    S3 repository would not do: Triton copies S3 models at load time)."""
+    objects = render(overlay)
+    triton = find(objects, "Deployment", "triton")
+    gateway = find(objects, "Deployment", "gateway")
+    repository = compose_checks.flag(main_container(triton)["args"], "--model-repository")
+    env = container_env(overlay, main_container(gateway))
+    assert repository == env["POSTTRAIN_TRITON_MODEL_REPOSITORY"] == "/models"
+    claim, read_only = mounted_claims(triton)[repository]
+    assert read_only, "Triton only reads the repository"
+    assert mounted_claims(gateway)[repository] == (claim, False), "the gateway writes it"
+    cache = Path(env["POSTTRAIN_MODEL_CACHE_DIR"])
+    assert cache.is_relative_to(repository), "config.pbtxt paths into the cache: Triton reads"
+    pvc = find(objects, "PersistentVolumeClaim", claim)
+    assert pvc is not None and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["spec"].get("storageClassName"), f"{overlay}: no storage class for {claim}"
+    assert "s3://" not in json.dumps(triton), "an S3 model repository"
+    # The other services keep their artifacts in S3, not on the claim.
+    users = {n for n, w in workloads(objects).items() if claim in json.dumps(w)}
+    assert users == {"gateway", "triton"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_training_workers_take_jobs_as_large_as_their_gpus(overlay):
+    """A job of N processes runs on one worker pod, one process per GPU: a worker takes
+    jobs of up to its GPUs (1 without GPUs), and the API refuses larger ones."""
+    objects = render(overlay)
+    worker = main_container(find(objects, "Deployment", "trainer-worker"))
+    gpus = int(worker["resources"]["limits"].get("nvidia.com/gpu", 0))
+    assert gpus == int(worker["resources"]["requests"].get("nvidia.com/gpu", 0))
+    worker_env = container_env(overlay, worker)
+    api_env = container_env(overlay, main_container(find(objects, "Deployment", "trainer")))
+    assert int(worker_env["POSTTRAIN_WORKER_MAX_PROCESSES"]) == max(gpus, 1)
+    assert int(api_env["POSTTRAIN_MAX_JOB_PROCESSES"]) == max(gpus, 1)
+    if overlay == "prod":
+        assert gpus >= 2, "production workers can run multi-GPU jobs"
+        volumes = {
+            v["name"]: v
+            for v in pod_template(find(objects, "Deployment", "trainer-worker"))["spec"]["volumes"]
+        }
+        shm = {m["mountPath"]: volumes[m["name"]] for m in worker["volumeMounts"]}["/dev/shm"]
+        assert shm["emptyDir"]["medium"] == "Memory", "NCCL needs a large /dev/shm"
+
+
+def test_triton_serves_under_explicit_model_control():
     for overlay in OVERLAYS:
         objects = render(overlay)
         deployment = find(objects, "Deployment", "triton")
@@ -956,17 +1015,7 @@ def test_triton_serves_the_services_bucket_under_explicit_model_control():
         args = [expand(arg, env) for arg in triton["args"]]
         assert args[0] == "tritonserver"
         assert compose_checks.flag(args, "--model-control-mode") == "explicit"
-        # s3://http(s)://HOST:PORT/BUCKET/PREFIX: Triton's form for an S3 server not on AWS.
-        repository = compose_checks.flag(args, "--model-repository")
-        m = re.fullmatch(r"s3://(https?)://([^/]+)/([^/]+)/(.+)", repository or "")
-        assert m, f"{overlay}: model repository {repository!r} is not on S3"
         gateway = container_env(overlay, main_container(find(objects, "Deployment", "gateway")))
-        secure = gateway["POSTTRAIN_S3_SECURE"] == "true"
-        assert m[1] == ("https" if secure else "http"), f"{overlay}: {repository}"
-        assert m[2] == gateway["POSTTRAIN_S3_ENDPOINT"], f"{overlay}: {repository}"
-        assert m[3] == gateway["POSTTRAIN_S3_BUCKET"], f"{overlay}: {repository}"
-        assert env["AWS_ACCESS_KEY_ID"] == gateway["POSTTRAIN_S3_ACCESS_KEY"]
-        assert env["AWS_SECRET_ACCESS_KEY"] == gateway["POSTTRAIN_S3_SECRET_KEY"]
 
         service_ports = find(objects, "Service", "triton")["spec"]["ports"]
         for option, default, setting in (
