@@ -1,18 +1,23 @@
 """`posttrain serve ...`: the inference gateway from the command line.
 
+deploy         promote a version to a served stage (registry) and wait until the gateway
+               has it live in Triton, or says why not
 generate       one request to a use case (what a client app sends), optionally streamed
 deployments    deployments of your tenant, newest first: state (live, superseded,
                failed) and, for failed ones, why; filters by use case and state
 deploy-status  one deployment: the gateway's view (state, error), and the registry's
                record of it
 Every command takes --target (or POSTTRAIN_GATEWAY_TARGET) and --api-key (or
-POSTTRAIN_API_KEY); exit codes as in posttrain.cli.common.
+POSTTRAIN_API_KEY); exit codes as in posttrain.cli.common, and for deploy: 4 the
+deployment failed, 6 not live within --wait-timeout.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
 
 import click
 import grpc
@@ -29,6 +34,10 @@ from posttrain.cli.common import (
     to_dict,
 )
 from posttrain.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, registry_pb2, registry_pb2_grpc
+
+EXIT_DEPLOY_FAILED = 4
+EXIT_DEPLOY_TIMEOUT = 6
+SERVED_STAGES = {"staging": registry_pb2.STAGE_STAGING, "production": registry_pb2.STAGE_PRODUCTION}
 
 
 def _stub(target: str, api_key: str) -> gateway_pb2_grpc.InferenceGatewayStub:
@@ -162,6 +171,131 @@ def _list(stub, request: gateway_pb2.ListDeploymentsRequest, limit: int) -> list
             break
         request.page.page_token = response.page.next_page_token
     return found[:limit]
+
+
+def route_name(use_case: str, stage: str) -> str:
+    """How the gateway names a route: production is the plain use case."""
+    return use_case if stage == "production" else f"{use_case}/{stage}"
+
+
+def wait_for_deployment(
+    stub,
+    *,
+    route: str,
+    model_version_id: str,
+    since: float,
+    timeout_s: float,
+    poll_s: float = 1.0,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> gateway_pb2.Deployment | None:
+    """The gateway's deployment of `model_version_id` on `route` that completed at or
+    after `since` (epoch seconds), live or failed; None when none within `timeout_s`.
+    One that went live and was superseded since counts as done too."""
+    deadline = clock() + timeout_s
+    while True:
+        for d in _list(stub, gateway_pb2.ListDeploymentsRequest(use_case=route), 500):
+            finished = d.completed_at.seconds + d.completed_at.nanos / 1e9
+            if (
+                d.model_version_id == model_version_id
+                and d.use_case == route
+                and finished >= since
+                and d.state != gateway_pb2.DEPLOYMENT_STATE_UNSPECIFIED
+            ):
+                return d
+        if clock() >= deadline:
+            return None
+        sleep(poll_s)
+
+
+@serve.command()
+@click.argument("version_id")
+@click.argument("use_case")
+@click.option(
+    "--stage",
+    type=click.Choice(list(SERVED_STAGES)),
+    default="staging",
+    show_default=True,
+    help="the served stage to promote to",
+)
+@click.option("--override-gate", is_flag=True, help="promote despite the gate (operator)")
+@click.option("--reason", default="", help="why (required with --override-gate; audited)")
+@click.option("--no-wait", is_flag=True, help="return once the registry has promoted it")
+@click.option("--wait-timeout", type=float, default=600.0, show_default=True, help="s")
+@click.option(
+    "--registry-target",
+    envvar="POSTTRAIN_REGISTRY_TARGET",
+    default="127.0.0.1:50054",
+    show_default=True,
+    help="the registry, which records the promotion and asks the gateway to deploy",
+)
+@target_option("gateway")
+@api_key_option
+@json_option
+@grpc_errors
+def deploy(
+    version_id,
+    use_case,
+    stage,
+    override_gate,
+    reason,
+    no_wait,
+    wait_timeout,
+    registry_target,
+    target,
+    api_key,
+    as_json,
+):
+    """Serve VERSION_ID on USE_CASE: promote it to STAGE in the registry, which asks the
+    gateway to deploy it; wait until the gateway has it live in Triton (exit 0), or says
+    it failed (exit 4, with the reason), or --wait-timeout passes (exit 6)."""
+    since = time.time() - 1.0  # the gateway's clock may be a little behind ours
+    registry = registry_pb2_grpc.RegistryServiceStub(channel(registry_target, api_key))
+    alias = registry.Promote(
+        registry_pb2.PromoteRequest(
+            model_version_id=version_id,
+            use_case=use_case,
+            stage=SERVED_STAGES[stage],
+            override_gate=override_gate,
+            reason=reason,
+        ),
+        timeout=30,
+    )
+    if not as_json:
+        click.echo(f"promoted: {alias.use_case}/{stage} -> {alias.model_version_id}")
+    if no_wait:
+        if as_json:
+            print_json(alias)
+        return
+    route = route_name(use_case, stage)
+    if not as_json:
+        click.echo(f"waiting for the gateway to serve {route} (up to {wait_timeout:.0f} s)...")
+    found = wait_for_deployment(
+        _stub(target, api_key),
+        route=route,
+        model_version_id=version_id,
+        since=since,
+        timeout_s=wait_timeout,
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"alias": to_dict(alias), "deployment": to_dict(found) if found else None}, indent=2
+            )
+        )
+    if found is None:
+        if not as_json:
+            click.echo(f"{route}: not live after {wait_timeout:.0f} s (see deploy-status)")
+        sys.exit(EXIT_DEPLOY_TIMEOUT)
+    if found.state == gateway_pb2.DEPLOYMENT_STATE_FAILED:
+        if not as_json:
+            click.echo(f"{found.id}: failed: {found.error}")
+        sys.exit(EXIT_DEPLOY_FAILED)
+    if not as_json:
+        click.echo(
+            f"{found.id}: live; {route} -> {found.model_version_id} on {found.triton_model} "
+            f"{found.lora_name or '(no adapter)'}"
+        )
 
 
 @serve.command()

@@ -20,27 +20,36 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from posttrain.cli.serve import wait_for_deployment
 from posttrain.config import KafkaSettings
+from posttrain.correlation import correlation_scope
 from posttrain.db import apply_migrations, create_db_engine
-from posttrain.demo import dataset
+from posttrain.demo import dataset, users
+from posttrain.demo.report import DemoReport, write_report
 from posttrain.events import EventProducer, ensure_topics, topics
 from posttrain.rpc import AUTH_MIGRATIONS, ApiKeyStore, make_channel
 from posttrain.rpc.healthcheck import check
 from posttrain.stack import LocalStack, StackPorts
-from posttrain.storage import ArtifactStore
+from posttrain.storage import ArtifactRef, ArtifactStore
 from posttrain.v1 import (
     common_pb2,
     evaluation_pb2,
     evaluation_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
     intake_pb2,
     intake_pb2_grpc,
     registry_pb2,
@@ -69,7 +78,26 @@ class DemoConfig:
     batch_size: int = 8
     lr: float = 2e-3
     eval_cases_per_tag: int = 3
+    ab_users: int = 64  # simulated users in the A/B test, half per arm
+    ab_min_sample: int = 24  # feedback records per arm before the report gives a verdict
+    max_answer_tokens: int = 80
+    # An evaluation, the base evaluation or a deployment may take this long (s): minutes on
+    # 2 idle cores, many more on a shared, busy machine.
+    long_step_timeout_s: float = 1800.0
     keep_running: bool = False
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    """What the run made, for the summary and for tests to check against the services."""
+
+    dataset_versions: tuple[str, str]  # upstream v1, regulated v2
+    job_id: str
+    model_version_id: str
+    evaluation_report_id: str
+    experiment_id: str
+    correlation_id: str  # of the change from the regulated upload to the deployment
+    report_path: Path
 
 
 @dataclass
@@ -78,9 +106,12 @@ class Demo:
     stack: LocalStack | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     summary: list[tuple[str, str]] = field(default_factory=list)
-    report: dict = field(default_factory=dict)
+    report: DemoReport = field(default_factory=DemoReport)
+    correlation_id: str = ""
+    promoted_at: float = 0.0
 
     # ------------------------------------------------------------------ plumbing
 
@@ -89,6 +120,7 @@ class Demo:
 
     def note(self, what: str, result: str) -> None:
         self.summary.append((what, result))
+        self.report.steps.append((what, result))
         console.print(f"  [green]✓[/green] {what}: {result}")
 
     def channel(self, service: str, who: str) -> grpc.Channel:
@@ -124,6 +156,7 @@ class Demo:
         self.create_keys()
         for name in SERVICES:
             self.ports[name] = _free_port()
+            self.metrics_ports[name] = _free_port()
         common = {
             **os.environ,
             **self.stack.service_env(),
@@ -135,6 +168,8 @@ class Demo:
             "POSTTRAIN_MAX_CASES_PER_TAG": str(self.config.eval_cases_per_tag),
             "POSTTRAIN_KAFKA_SESSION_TIMEOUT_MS": "6000",
             "POSTTRAIN_LOG_FORMAT": "json",
+            # The walkthrough's A/B test is small: a verdict after this many records per arm.
+            "POSTTRAIN_EXPERIMENT_MIN_SAMPLE": str(self.config.ab_min_sample),
             "PYTHONUNBUFFERED": "1",
         }
         logs = self.config.state_dir / "logs"
@@ -144,6 +179,7 @@ class Demo:
                 **common,
                 "POSTTRAIN_STATE_DIR": str(self.config.state_dir / name),
                 "POSTTRAIN_GRPC_PORT": str(self.ports[name]),
+                "POSTTRAIN_METRICS_PORT": str(self.metrics_ports[name]),
             }
             log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
             self.procs[name] = subprocess.Popen(
@@ -159,7 +195,11 @@ class Demo:
                 120,
                 f"{name} did not become healthy; see {logs / (name + '.log')}",
             )
-            self.note(name, f"127.0.0.1:{self.ports[name]} (log {logs / (name + '.log')})")
+            self.note(
+                name,
+                f"127.0.0.1:{self.ports[name]}, metrics "
+                f"http://127.0.0.1:{self.metrics_ports[name]}/metrics, log {logs / (name + '.log')}",
+            )
 
     def _healthy(self, name: str) -> bool:
         proc = self.procs[name]
@@ -186,6 +226,37 @@ class Demo:
             self.stack.down()
 
     # ------------------------------------------------------------------ the flow
+
+    def run(self) -> DemoOutcome:
+        """Every step in order; raises DemoError / grpc.RpcError at the first that fails.
+        Stops nothing: the caller calls stop()."""
+        started = time.monotonic()
+        self.report.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.start_stack()
+        self.start_services()
+        self.import_base_model()
+        v1 = self.announce_upstream_dataset()
+        # One correlation id for the team's change, from the upload to the deployment: every
+        # RPC sends it, the events carry it, each service logs it (README: Observability).
+        with correlation_scope() as change_id:
+            self.correlation_id = change_id
+            v2 = self.upload_regulated_version(v1)
+            job_id = self.train(v2)
+            version_id, report = self.wait_for_model_and_verdict()
+            self.evaluate_base(report)
+            self.promote(version_id, report)
+            self.serve(version_id)
+        experiment_id = self.ab_test(version_id)
+        self.trace(change_id)
+        return DemoOutcome(
+            dataset_versions=(v1, v2),
+            job_id=job_id,
+            model_version_id=version_id,
+            evaluation_report_id=report.id,
+            experiment_id=experiment_id,
+            correlation_id=change_id,
+            report_path=self.write_report(started),
+        )
 
     def import_base_model(self) -> None:
         self.step("3. base model: SmolLM2-135M-Instruct (offline) into the registry")
@@ -318,17 +389,14 @@ class Demo:
             console=console,
         ) as bar:
             task = bar.add_task("train", total=self.config.train_steps, loss="-")
-            final = None
             for p in stub.WatchJob(training_pb2.GetJobRequest(job_id=job.job_id)):
                 if p.total_steps:
                     bar.update(task, total=p.total_steps)
                 bar.update(task, completed=p.step, loss=f"{p.loss:.3f}" if p.loss else "-")
-                final = p
         done = stub.GetJob(training_pb2.GetJobRequest(job_id=job.job_id))
         state = training_pb2.JobState.Name(done.state)
         if done.state != training_pb2.JOB_STATE_SUCCEEDED:
             raise DemoError(f"training job {job.job_id} ended {state}: {done.error}")
-        self.report["loss"] = final.loss if final else None
         self.note(
             "training job",
             f"{job.job_id[:8]} {state} after {done.step} steps, loss {done.last_loss:.3f}",
@@ -350,10 +418,8 @@ class Demo:
             120,
             "the registry did not register the trained model; see the registry log",
         )
-        self.note(
-            "model version",
-            f"{version.id} ({registry_pb2.ModelKind.Name(version.kind) if hasattr(registry_pb2, 'ModelKind') else version.kind})",
-        )
+        self.note("model version", f"{version.id} ({common_pb2.ModelKind.Name(version.kind)})")
+        self.read_training_report(version)
         evaluator = evaluation_pb2_grpc.EvaluationServiceStub(self.channel("evaluator", "ops"))
         report = _wait(
             lambda: next(
@@ -364,17 +430,76 @@ class Demo:
                 ),
                 None,
             ),
-            600,
+            self.config.long_step_timeout_s,
             "no evaluation report arrived; see the evaluator log",
+        )
+        # The registry learns the verdict from evaluation.completed; promotion checks it there.
+        _wait(
+            lambda: (
+                registry.GetModelVersion(
+                    registry_pb2.GetModelVersionRequest(id=version.id)
+                ).gate_verdict
+            ),
+            120,
+            "the registry did not record the gate verdict; see the registry log",
         )
         verdict = common_pb2.GateVerdict.Name(report.verdict)
         self.note("gate verdict", verdict)
         for reason in report.reasons[:12]:
             console.print(f"      - {reason}")
+        self.report.verdict = verdict
+        self.report.reasons = list(report.reasons)
         return version.id, report
 
+    def read_training_report(self, version: registry_pb2.ModelVersion) -> None:
+        """The loss curve, from the training report the trainer published (last artifact)."""
+        store = ArtifactStore.from_settings(self.stack.s3_settings())
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = store.download_folder(
+                ArtifactRef.from_proto(version.artifacts[-1]), Path(tmp) / "report"
+            )
+            training = json.loads((folder / "training_report.json").read_text())
+        self.report.loss = [(h["step"], h["loss"]) for h in training.get("history", [])]
+        self.report.eval_loss = [
+            (h["step"], h["eval_loss"]) for h in training.get("eval_history", [])
+        ]
+
+    def evaluate_base(self, tuned: evaluation_pb2.EvaluationReport) -> None:
+        self.step("8. the base model on the same suite: base vs tuned side by side")
+        evaluator = evaluation_pb2_grpc.EvaluationServiceStub(self.channel("evaluator", "ops"))
+        base = evaluator.RunEvaluation(
+            evaluation_pb2.RunEvaluationRequest(
+                # The suite's stored version as the tuned model's evaluation took it (its
+                # report names the version of the cases it ran: a subset per tag here).
+                model_version_id=f"base:{BASE_MODEL}",
+                suite=tuned.suite,
+                seed=tuned.seed,
+            ),
+            timeout=self.config.long_step_timeout_s,
+        )
+        overall = {
+            "base": {m.name: m.value for m in base.metrics if not m.tag},
+            "tuned": {m.name: m.value for m in tuned.metrics if not m.tag},
+        }
+        names = [n for n in overall["tuned"] if n in overall["base"]]
+        self.report.comparison = {
+            n: {"base": overall["base"][n], "tuned": overall["tuned"][n]} for n in names
+        }
+        console.print(f"      {'metric':<22}{'base':>10}{'tuned':>10}")
+        for n in names:
+            console.print(f"      {n:<22}{overall['base'][n]:>10.3f}{overall['tuned'][n]:>10.3f}")
+        self.note(
+            "base vs tuned",
+            ", ".join(
+                f"{n} {overall['base'][n]:.2f} -> {overall['tuned'][n]:.2f}"
+                for n in ("pass_rate", "regex_match", "refusal")
+                if n in overall["base"] and n in overall["tuned"]
+            ),
+        )
+
     def promote(self, version_id: str, report) -> None:
-        self.step("8. promotion to production (gate enforced; override needs operator + reason)")
+        self.step("9. promotion to production (gate enforced; override needs operator + reason)")
+        self.promoted_at = time.time() - 1.0
         registry = registry_pb2_grpc.RegistryServiceStub(self.channel("registry", "ops"))
         request = registry_pb2.PromoteRequest(
             model_version_id=version_id,
@@ -397,6 +522,163 @@ class Demo:
                 f"{USE_CASE}/production -> {alias.model_version_id}",
             )
 
+    def serve(self, version_id: str) -> None:
+        self.step("10. serving: the gateway loads the adapter into Triton; a client app asks")
+        # Promotion asked the gateway (deployment.requested) to serve the version.
+        deployment = wait_for_deployment(
+            gateway_pb2_grpc.InferenceGatewayStub(self.channel("gateway", "ops")),
+            route=USE_CASE,
+            model_version_id=version_id,
+            since=self.promoted_at,
+            timeout_s=self.config.long_step_timeout_s,
+        )
+        if deployment is None or deployment.state != gateway_pb2.DEPLOYMENT_STATE_LIVE:
+            reason = deployment.error if deployment else "not live in time"
+            raise DemoError(f"the gateway did not serve {version_id}: {reason}; see its log")
+        self.note(
+            "deployment live",
+            f"{deployment.id[:8]} {deployment.triton_model} lora {deployment.lora_name}",
+        )
+        app = gateway_pb2_grpc.InferenceGatewayStub(self.channel("gateway", "app"))
+        for question in users.questions()[:: max(1, len(users.questions()) // 3)][:3]:
+            answer = app.Generate(self._request(question, "demo-app"), timeout=120)
+            console.print(f"      [bold]Q:[/bold] {question.text}")
+            console.print(
+                f"      [bold]A:[/bold] {answer.text}  [dim]({answer.latency_ms:.0f} ms)[/dim]"
+            )
+        self.note("gateway answers", f"use case {USE_CASE!r} -> {version_id}")
+
+    def _request(self, question: users.Question, user_key: str) -> gateway_pb2.GenerateRequest:
+        return gateway_pb2.GenerateRequest(
+            use_case=USE_CASE,
+            conversation=gateway_pb2.Conversation(
+                messages=[gateway_pb2.ChatMessage(**m) for m in question.conversation()]
+            ),
+            sampling=gateway_pb2.SamplingParams(max_tokens=self.config.max_answer_tokens),
+            user_key=user_key,
+        )
+
+    def ab_test(self, version_id: str) -> str:
+        self.step("11. A/B test in live traffic: base vs tuned, simulated users give feedback")
+        ops = gateway_pb2_grpc.InferenceGatewayStub(self.channel("gateway", "ops"))
+        experiment = ops.CreateExperiment(
+            gateway_pb2.CreateExperimentRequest(
+                use_case=USE_CASE,
+                variants=[
+                    gateway_pb2.Variant(
+                        name="base", model_version_id=f"base:{BASE_MODEL}", share=0.5
+                    ),
+                    gateway_pb2.Variant(name="tuned", model_version_id=version_id, share=0.5),
+                ],
+            )
+        )
+        self.note("experiment", f"{experiment.id[:8]} base 50% / tuned 50%")
+        app = gateway_pb2_grpc.InferenceGatewayStub(self.channel("gateway", "app"))
+        answers: dict[tuple[str, str], str] = {}
+
+        def one_user(session: tuple[str, users.Question]) -> str:
+            user_key, question = session
+            response = app.Generate(self._request(question, user_key), timeout=300)
+            verdict = users.judge_answer(question, response.text)
+            app.RecordFeedback(
+                gateway_pb2.RecordFeedbackRequest(
+                    request_id=response.request_id,
+                    success=verdict.success,
+                    policy_incident=verdict.policy_incident,
+                    human_intervention=verdict.human_intervention,
+                    rating=verdict.rating,
+                )
+            )
+            answers.setdefault((question.case_id, response.variant), response.text)
+            return response.variant
+
+        sessions = users.sessions(self.config.ab_users)
+        with (
+            Progress(
+                TextColumn("[bold]simulated users"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(),
+                console=console,
+            ) as bar,
+            ThreadPoolExecutor(4) as pool,
+        ):
+            task = bar.add_task("users", total=len(sessions))
+            for _ in pool.map(one_user, sessions):
+                bar.advance(task)
+        report = ops.GetExperimentReport(gateway_pb2.GetExperimentReportRequest(id=experiment.id))
+        arms = []
+        for v in report.variants:
+            arms.append(
+                {
+                    "variant": v.variant,
+                    "requests": v.requests,
+                    "success_rate": v.success_rate,
+                    "success_ci_low": v.success_ci_low,
+                    "success_ci_high": v.success_ci_high,
+                    "policy_incident_rate": v.policy_incident_rate,
+                    "policy_incident_ci_low": v.policy_incident_ci_low,
+                    "policy_incident_ci_high": v.policy_incident_ci_high,
+                    "intervention_rate": v.intervention_rate,
+                    "latency_p50_ms": v.latency_p50_ms,
+                    "cost_per_successful_task": v.cost_per_successful_task,
+                }
+            )
+            self.note(
+                f"arm {v.variant}",
+                f"{v.requests} requests, success {v.success_rate:.0%}, "
+                f"policy incidents {v.policy_incident_rate:.0%}, p50 {v.latency_p50_ms:.0f} ms",
+            )
+        self.report.experiment = {"id": experiment.id, "verdict": report.verdict, "arms": arms}
+        self.note("experiment verdict", report.verdict)
+        cases = sorted({case for case, _ in answers})
+        by_id = {q.case_id: q for q in users.questions()}
+        self.report.samples = [
+            {"prompt": by_id[c].text, "base": answers[(c, "base")], "tuned": answers[(c, "tuned")]}
+            for c in cases
+            if (c, "base") in answers and (c, "tuned") in answers
+        ][:8]
+        ops.StopExperiment(gateway_pb2.StopExperimentRequest(id=experiment.id))
+        return experiment.id
+
+    def trace(self, correlation_id: str) -> None:
+        """Where the change's correlation id shows up: log lines per service, and what
+        each service's /metrics counted."""
+        self.step("12. observability: one correlation id across the services, Prometheus metrics")
+        lines = self.log_lines(correlation_id)
+        self.note(
+            f"correlation id {correlation_id[:12]}",
+            ", ".join(f"{name} {len(found)} lines" for name, found in lines.items()),
+        )
+        gateway = _scrape(self.metrics_ports["gateway"])
+        served = sum(
+            v for k, v in gateway.items() if k.startswith("posttrain_gateway_requests_total{")
+        )
+        trainer = _scrape(self.metrics_ports["trainer"])
+        steps = sum(v for k, v in trainer.items() if k.startswith("posttrain_trainer_steps_total"))
+        self.note("metrics", f"gateway served {served:.0f} requests; trainer ran {steps:.0f} steps")
+
+    def log_lines(self, correlation_id: str) -> dict[str, list[dict]]:
+        """Each service's JSON log lines that carry `correlation_id`."""
+        found: dict[str, list[dict]] = {}
+        for name in SERVICES:
+            path = self.config.state_dir / "logs" / f"{name}.log"
+            found[name] = []
+            for line in path.read_text(errors="replace").splitlines():
+                if correlation_id not in line or not line.startswith("{"):
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("correlation_id") == correlation_id:
+                    found[name].append(record)
+        return found
+
+    def write_report(self, started: float) -> Path:
+        self.report.duration_s = time.monotonic() - started
+        return write_report(self.report, self.config.state_dir / "report")
+
 
 def _first_version(stub):
     try:
@@ -406,6 +688,18 @@ def _first_version(stub):
             return None
         raise
     return versions[0] if versions else None
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """A /metrics page as {"name{labels}": value} (Prometheus text format)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
 
 
 def _free_port() -> int:
@@ -429,22 +723,17 @@ def _interrupt(signum, frame) -> None:
 
 
 def run_demo(config: DemoConfig) -> int:
+    """The demo from the command line: the flow, the summary, everything stopped after
+    (unless keep_running). Exit code 0, 1 (a step failed), 130 (interrupted)."""
     demo = Demo(config)
-    started = time.monotonic()
     # SIGTERM like Ctrl-C: the finally below stops every process the demo started.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        demo.start_stack()
-        demo.start_services()
-        demo.import_base_model()
-        v1 = demo.announce_upstream_dataset()
-        v2 = demo.upload_regulated_version(v1)
-        demo.train(v2)
-        version_id, report = demo.wait_for_model_and_verdict()
-        demo.promote(version_id, report)
+        outcome = demo.run()
     except (DemoError, grpc.RpcError) as exc:
-        detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+        detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else exc
         console.print(f"[red]demo failed:[/red] {detail}")
+        console.print(f"logs: {config.state_dir / 'logs'}")
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping everything the demo started[/yellow]")
@@ -455,5 +744,6 @@ def run_demo(config: DemoConfig) -> int:
     console.rule("summary")
     for what, result in demo.summary:
         console.print(f"{what:<32} {result}")
-    console.print(f"finished in {time.monotonic() - started:.0f} s; state in {config.state_dir}")
+    console.print(f"finished in {demo.report.duration_s:.0f} s; state in {config.state_dir}")
+    console.print(f"report: {outcome.report_path}")
     return 0
