@@ -178,7 +178,7 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
     def SubmitReviewLabel(self, request, context):
         caller = require_role(current_principal(), Role.RATER)
         score = request.score
-        if math.isnan(score) or score != int(score) or not (score == 0 or 1 <= score <= 5):
+        if not math.isfinite(score) or score != int(score) or not (score == 0 or 1 <= score <= 5):
             raise InvalidArgument("score", "must be a whole number 1..5, or 0 for no score")
         with session_scope(self.engine) as session:
             row = review.label_item(

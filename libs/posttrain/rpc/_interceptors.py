@@ -46,9 +46,13 @@ def metadata_value(metadata: Sequence[tuple[str, Any]] | None, key: str) -> str 
 
 
 def wrap_handler(
-    handler: grpc.RpcMethodHandler | None, wrap: BehaviorWrapper
+    handler: grpc.RpcMethodHandler | None,
+    wrap: BehaviorWrapper,
+    *,
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler | None:
-    """A copy of `handler` whose behaviour is `wrap(behaviour, response_streaming)`."""
+    """A copy of `handler` whose behaviour is `wrap(behaviour, response_streaming)` (and
+    whose request deserializer is `request_deserializer`, when given)."""
     if handler is None:
         return None
     kinds = (
@@ -62,7 +66,7 @@ def wrap_handler(
         if behavior is not None:
             return make_handler(
                 wrap(behavior, response_streaming),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=request_deserializer or handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
     return handler

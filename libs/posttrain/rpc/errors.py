@@ -12,7 +12,7 @@ they may hold secrets or request data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
 
@@ -175,6 +175,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None or is_infrastructure(handler_call_details.method):
             return handler
         method = handler_call_details.method
+        checked = _checked_stream if handler.request_streaming else _checked
 
         def wrap(behavior, response_streaming: bool):
             if response_streaming:
@@ -183,7 +184,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     request: Any, context: grpc.ServicerContext
                 ) -> Iterator[Any]:
                     try:
-                        yield from behavior(request, context)
+                        yield from behavior(checked(request), context)
                     except Exception as exc:
                         abort_with(exc, context, method)
 
@@ -191,13 +192,46 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
             def unary_response(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
-                    return behavior(request, context)
+                    return behavior(checked(request), context)
                 except Exception as exc:
                     abort_with(exc, context, method)
 
             return unary_response
 
-        return wrap_handler(handler, wrap)
+        return wrap_handler(
+            handler, wrap, request_deserializer=_tolerant(handler.request_deserializer)
+        )
+
+
+# grpc answers INTERNAL ("Exception deserializing request!") when a request's bytes do
+# not parse; the deserializer hands this marker on instead, and _checked makes it
+# INVALID_ARGUMENT like any other bad argument.
+_MALFORMED = object()
+_MALFORMED_MESSAGE = "the request is not a valid protobuf message for this method"
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - any parse failure is the caller's bad bytes
+            return _MALFORMED
+
+    return parse
+
+
+def _checked(request: Any) -> Any:
+    if request is _MALFORMED:
+        raise InvalidArgument("request", _MALFORMED_MESSAGE)
+    return request
+
+
+def _checked_stream(requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        yield _checked(request)
 
 
 def abort_with(exc: Exception, context: grpc.ServicerContext, method: str) -> NoReturn:
