@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from posttrain.data.config import DataFormat, InvalidRowPolicy, RowSchema
 from posttrain.db import apply_migrations, session_scope
-from posttrain.events import EventRuntime, add_to_outbox, topics
+from posttrain.events import EVENTS_MIGRATIONS, EventRuntime, add_to_outbox, topics
 from posttrain.intake import (
     INTAKE_MIGRATIONS,
     STATE_TO_PROTO,
@@ -319,6 +319,9 @@ def build_catalog(settings: IntakeSettings) -> DatasetCatalog:
 
 
 def register(settings: IntakeSettings, engine: Engine) -> list[tuple[AddServicerFn, object]]:
+    # The outbox table too, as every service's register does: uploads stage events there
+    # even when no event runtime runs in this process.
+    apply_migrations(engine, "events", EVENTS_MIGRATIONS)
     apply_migrations(engine, "intake", INTAKE_MIGRATIONS)
     return [
         (

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from minio.deleteobjects import DeleteObject
 from sqlalchemy import Engine
 
-from posttrain.config import GrpcServerSettings, KafkaSettings, TritonSettings
+from posttrain.config import GrpcServerSettings, KafkaSettings, S3Settings, TritonSettings
 from posttrain.db import apply_migrations, create_db_engine
 from posttrain.rpc import AUTH_MIGRATIONS, ApiKeyStore, GrpcServer, standard_interceptors
 from posttrain.storage import ArtifactStore
@@ -88,6 +88,7 @@ class Fleet:
     key_store: ApiKeyStore
     store: ArtifactStore
     keys: dict[str, str]  # role (or "revoked") -> key of tenant acme
+    s3: S3Settings
     channels: list = field(default_factory=list)
 
     def channel(self) -> grpc.Channel:
@@ -180,7 +181,7 @@ def fleet(stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         host="127.0.0.1",
     )
     server.start()
-    fleet = Fleet(server, engines, auth_engine, key_store, store, keys)
+    fleet = Fleet(server, engines, auth_engine, key_store, store, keys, s3)
     try:
         yield fleet
     finally:
