@@ -12,13 +12,13 @@ import math
 
 import grpc
 import pytest
-from conftest import Fleet, all_methods, method_id
 from google.protobuf.descriptor import FieldDescriptor as F
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from robustness_helpers import Fleet, all_methods, method_id
 
 METHODS = all_methods()
 # Statuses that mean the server did not know what happened: a bug, whatever the input.

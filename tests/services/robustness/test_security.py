@@ -17,7 +17,7 @@ import logging
 import grpc
 import pytest
 import sqlalchemy as sa
-from conftest import ROLE_NAMES, Fleet, all_methods, method_id
+from robustness_helpers import ROLE_NAMES, Fleet, all_methods, method_id
 
 from posttrain.rpc import make_channel
 from posttrain.v1 import intake_pb2, intake_pb2_grpc, registry_pb2, registry_pb2_grpc
