@@ -71,7 +71,9 @@ def hf_token_scorer(model: Any, tokenizer: Any, *, max_seq_len: int = 4096) -> T
         for item in encoded:
             ids = torch.tensor([item.input_ids], device=device)
             labels = torch.tensor([item.labels], device=device)
-            logits = model(input_ids=ids).logits[:, :-1].float()
+            # A prompt/prefix-tuned PEFT model returns logits for its virtual tokens first:
+            # keep those of the input positions only.
+            logits = model(input_ids=ids).logits[:, -ids.shape[1] :][:, :-1].float()
             target = labels[:, 1:]
             total += torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]),
