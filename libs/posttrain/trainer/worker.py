@@ -96,6 +96,8 @@ RETRYABLE_ERRORS = (
     OSError,
 )
 
+_RETRYABLE_NAMES = frozenset(e.__name__ for e in RETRYABLE_ERRORS)
+
 ProgressSink = Callable[[str, events_pb2.TrainingProgress], None]
 
 # transformers' from_pretrained is not thread-safe (concurrent loads in one process end
@@ -296,9 +298,9 @@ class TrainingWorker:
             if run.lost.is_set():
                 raise LostOwnership(job_id, self.worker_id, attempt) from exc
             log.exception("job %s attempt %d failed", job_id, attempt)
-            error_type = getattr(exc, "error_type", type(exc).__name__)
+            error_type = getattr(exc, "error_type", type(exc).__name__)  # a rank's, if launched
             error = f"{error_type}: {exc}"
-            retryable = isinstance(exc, RETRYABLE_ERRORS)
+            retryable = isinstance(exc, RETRYABLE_ERRORS) or error_type in _RETRYABLE_NAMES
             self._record(
                 lambda b: b.fail(
                     job_id,
