@@ -92,6 +92,12 @@ def train() -> None:
 )
 @click.option("--output-name", required=True, help="name of the model version it produces")
 @click.option("--tenant", default="", help="default: your key's tenant")
+@click.option(
+    "--processes",
+    type=int,
+    default=0,
+    help="processes (GPUs) the job trains on, under torchrun + FSDP2; 0 = one, in the worker",
+)
 @click.option("--watch", "then_watch", is_flag=True, help="follow the job until it ends")
 @target_option("trainer")
 @api_key_option
@@ -106,6 +112,7 @@ def submit(
     config_file,
     output_name,
     tenant,
+    processes,
     then_watch,
     target,
     api_key,
@@ -126,6 +133,7 @@ def submit(
             config_yaml=config_yaml,
             output_name=output_name,
             tenant=tenant,
+            resources=training_pb2.TrainingResources(processes=processes),
         )
     )
     if as_json and not then_watch:

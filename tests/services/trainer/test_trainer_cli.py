@@ -107,3 +107,12 @@ def test_cancel_and_the_watch_exit_code(sqlite_trainer):
     assert cancelled.exit_code == 0 and "CANCELLED" in cancelled.output
     watched = _run(trainer, "eve", "watch", job_id)
     assert watched.exit_code == 5 and "CANCELLED" in watched.output
+
+
+def test_submit_asks_for_processes_and_a_bad_count_is_refused_by_field(sqlite_trainer):
+    trainer = sqlite_trainer
+    refused = _submit(trainer, "--processes", "-1")
+    assert refused.exit_code == 1
+    assert "INVALID_ARGUMENT" in refused.output and "resources.processes" in refused.output
+    one = json.loads(_submit(trainer, "--processes", "1", "--json").output)
+    assert one["resources"]["processes"] == 1
