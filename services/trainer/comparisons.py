@@ -43,7 +43,7 @@ from posttrain.comparison.runs import (
 from posttrain.comparison.tables import COMPARISON_MIGRATIONS, CandidateRow, ComparisonRow
 from posttrain.config import SERVICE_PORTS
 from posttrain.db import apply_migrations, session_scope
-from posttrain.events import add_to_outbox
+from posttrain.events import outbox_emitter
 from posttrain.intake import check_name, check_version_id
 from posttrain.registry import names
 from posttrain.rpc import (
@@ -167,17 +167,8 @@ class GrpcReportLookup:
 
 
 def outbox_emit(session: Session, correlation_id: str):
-    def emit(event_type, payload, *, aggregate_id):
-        return add_to_outbox(
-            session,
-            event_type,
-            payload,
-            producer="trainer",
-            aggregate_id=aggregate_id,
-            correlation_id=correlation_id,
-        )
-
-    return emit
+    """The collector's and CreateComparison's emit: the trainer's outbox."""
+    return outbox_emitter(session, producer="trainer", correlation_id=correlation_id)
 
 
 # ------------------------------------------------------------------ the servicer

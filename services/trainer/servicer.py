@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from posttrain.db import apply_migrations, session_scope
-from posttrain.events import EVENTS_MIGRATIONS, add_to_outbox
+from posttrain.events import EVENTS_MIGRATIONS, outbox_emitter
 from posttrain.intake import check_name, check_version_id
 from posttrain.registry import names
 from posttrain.rpc import (
@@ -295,19 +295,9 @@ def _scope(caller: Principal) -> str | None:
 
 
 def _outbox_emit(session: Session):
-    correlation_id = current_correlation_id() or ""
-
-    def emit(event_type, payload, *, aggregate_id):
-        return add_to_outbox(
-            session,
-            event_type,
-            payload,
-            producer="trainer",
-            aggregate_id=aggregate_id,
-            correlation_id=correlation_id,
-        )
-
-    return emit
+    return outbox_emitter(
+        session, producer="trainer", correlation_id=current_correlation_id() or ""
+    )
 
 
 def migrate(engine: Engine) -> None:

@@ -15,7 +15,7 @@ from posttrain.events.consumer import (
     RetryPolicy,
 )
 from posttrain.events.envelope import decode, encode, make_envelope, unpack
-from posttrain.events.outbox import OutboxRelay, add_to_outbox
+from posttrain.events.outbox import OutboxRelay, add_to_outbox, outbox_emitter
 from posttrain.events.producer import EventProducer
 from posttrain.events.runtime import EventRuntime
 from posttrain.events.tables import EVENTS_MIGRATIONS, OutboxEvent, ProcessedEvent
@@ -33,6 +33,7 @@ __all__ = [
     "ReceivedEvent",
     "RetryPolicy",
     "add_to_outbox",
+    "outbox_emitter",
     "decode",
     "encode",
     "ensure_topics",

@@ -61,6 +61,23 @@ def add_to_outbox(
     return env
 
 
+def outbox_emitter(session: Session, *, producer: str, correlation_id: str = ""):
+    """An `emit(event_type, payload, *, aggregate_id)` that stages events in `session`'s
+    transaction through add_to_outbox (the shape the service cores take)."""
+
+    def emit(event_type: str, payload: Message, *, aggregate_id: str) -> events_pb2.Envelope:
+        return add_to_outbox(
+            session,
+            event_type,
+            payload,
+            producer=producer,
+            aggregate_id=aggregate_id,
+            correlation_id=correlation_id,
+        )
+
+    return emit
+
+
 class OutboxRelay:
     """Publishes unpublished outbox rows in insertion order, then marks them published."""
 
