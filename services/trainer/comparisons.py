@@ -23,8 +23,6 @@ from __future__ import annotations
 import re
 
 import grpc
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -41,7 +39,6 @@ from posttrain.comparison.runs import (
     new_comparison_id,
 )
 from posttrain.comparison.tables import COMPARISON_MIGRATIONS, CandidateRow, ComparisonRow
-from posttrain.config import SERVICE_PORTS
 from posttrain.db import apply_migrations, session_scope
 from posttrain.events import outbox_emitter
 from posttrain.intake import check_name, check_version_id
@@ -97,29 +94,6 @@ CANDIDATE_TO_PROTO = {
     "OUT_OF_BUDGET": comparison_pb2.CANDIDATE_STATE_OUT_OF_BUDGET,
 }
 VERDICT_TO_PROTO = {"PASS": common_pb2.GATE_VERDICT_PASS, "FAIL": common_pb2.GATE_VERDICT_FAIL}
-
-
-class ComparisonSettings(BaseSettings):
-    """What the comparison collector needs beyond TrainerSettings (POSTTRAIN_*)."""
-
-    model_config = SettingsConfigDict(env_prefix="POSTTRAIN_", extra="ignore")
-
-    evaluator_target: str = Field(
-        f"127.0.0.1:{SERVICE_PORTS['evaluator']}",
-        description="evaluator host:port (ListReports of the candidates)",
-    )
-    registry_api_key: str = Field(
-        "",
-        description="the trainer's own key for the collector's reads of the registry (and the "
-        "evaluator): admin in a multi-tenant install; empty = no key",
-    )
-    evaluator_api_key: str = Field("", description="its key for the evaluator; empty = the above")
-    comparison_poll_s: float = Field(5.0, description="how often the collector looks")
-    comparison_evaluation_timeout_s: float = Field(
-        1800.0,
-        description="how long after training a candidate may wait for its evaluation report "
-        "before it is measured without one",
-    )
 
 
 # ------------------------------------------------------------------ lookups
@@ -494,25 +468,22 @@ def servicer_entry(
     return (comparison_pb2_grpc.add_ComparisonServiceServicer_to_server, servicer)
 
 
-def collector(
-    settings: TrainerSettings, engine: Engine, extra: ComparisonSettings | None = None
-) -> ComparisonCollector:
-    extra = extra or ComparisonSettings()
+def collector(settings: TrainerSettings, engine: Engine) -> ComparisonCollector:
     migrate(engine)
     return ComparisonCollector(
         engine=engine,
         store=ArtifactStore.from_settings(settings.s3),
         versions=GrpcModelVersionLookup(
-            settings.registry_target, extra.registry_api_key, timeout_s=settings.upstream_timeout_s
+            settings.registry_target, settings.registry_api_key, timeout_s=settings.upstream_timeout_s
         ),
         reports=GrpcReportLookup(
-            extra.evaluator_target,
-            extra.evaluator_api_key or extra.registry_api_key,
+            settings.evaluator_target,
+            settings.evaluator_api_key or settings.registry_api_key,
             timeout_s=settings.upstream_timeout_s,
         ),
         emit_for=outbox_emit,
         options=CollectorOptions(
-            poll_s=extra.comparison_poll_s,
-            evaluation_timeout_s=extra.comparison_evaluation_timeout_s,
+            poll_s=settings.comparison_poll_s,
+            evaluation_timeout_s=settings.comparison_evaluation_timeout_s,
         ),
     )

@@ -63,3 +63,21 @@ class TrainerSettings(RpcServiceSettings):
     )
     worker_checkpoint_keep_last: int = Field(2, description="checkpoints kept per job")
     worker_torch_threads: int = Field(0, description="torch CPU threads; 0 = torch's default")
+
+    # The comparison collector (services/trainer/comparisons.py).
+    evaluator_target: str = Field(
+        f"127.0.0.1:{SERVICE_PORTS['evaluator']}",
+        description="evaluator host:port (ListReports of the candidates)",
+    )
+    registry_api_key: str = Field(
+        "",
+        description="the trainer's own key for the collector's reads of the registry (and the "
+        "evaluator): admin in a multi-tenant install; empty = no key",
+    )
+    evaluator_api_key: str = Field("", description="its key for the evaluator; empty = the above")
+    comparison_poll_s: float = Field(5.0, description="how often the collector looks")
+    comparison_evaluation_timeout_s: float = Field(
+        1800.0,
+        description="how long after training a candidate may wait for its evaluation report "
+        "before it is measured without one",
+    )

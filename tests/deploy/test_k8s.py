@@ -902,6 +902,7 @@ def test_dev_settings_match_docker_compose():
 ADDRESS_SETTINGS = {
     "POSTTRAIN_INTAKE_TARGET": None,
     "POSTTRAIN_REGISTRY_TARGET": None,
+    "POSTTRAIN_EVALUATOR_TARGET": None,
     "POSTTRAIN_KAFKA_BOOTSTRAP_SERVERS": "apache/kafka:",
     "POSTTRAIN_S3_ENDPOINT": "minio/minio:",
     "POSTTRAIN_TRITON_GRPC_URL": "nvcr.io/nvidia/tritonserver:",
