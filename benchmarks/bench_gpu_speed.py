@@ -4,6 +4,8 @@ random-weight model, the same batches and the same seed, in one process on one G
 
     python benchmarks/bench_gpu_speed.py --arch llama-3.2-1b --configs lora-b8,lora-b4-gc,\\
         full-b8,qlora-b4-gc --steps 10 --match-config lora-b4-gc --match-steps 50 --ablate
+    python benchmarks/bench_gpu_speed.py --arch llama-3.1-8b --configs qlora-b4-gc,lora-b4-gc \\
+        --steps 6 --match-config lora-b4-gc --match-steps 10   # the 8B shape of bench_distributed
 
 Every row is exactly --seq-len tokens (chat rows cut with truncate_left; about half of each
 row is the assistant answer, the only tokens with labels), so neither loop pads. The plain
@@ -240,7 +242,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--arch", default="llama-3.2-1b")
+    parser.add_argument(
+        "--arch", default="llama-3.2-1b", help="a key of ARCHITECTURES, or llama-3.1-8b"
+    )
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=10)
@@ -263,11 +267,20 @@ def main() -> None:
         versions += f", bitsandbytes {bitsandbytes.__version__}"
     except ImportError:
         pass
+    if args.arch == "llama-3.1-8b":  # registered by bench_distributed.py (same folder)
+        import bench_distributed  # noqa: F401
     print(f"# {torch.cuda.get_device_name() if CUDA else 'cpu'} | {versions}", flush=True)
     _skip_disk_writes()
     with tempfile.TemporaryDirectory() as tmp:
-        base = make_tiny_model(Path(tmp) / args.arch, arch=args.arch, vocab_size=None,
-                               dtype=torch.bfloat16, tokenizer="bytelevel")  # fmt: skip
+        started = time.perf_counter()
+        # the 8B shape's random init on the GPU: seconds instead of minutes on the CPU (other
+        # shapes keep their CPU init, so their weights match earlier runs)
+        init = DEVICE if args.arch == "llama-3.1-8b" else "cpu"
+        with torch.device(init):
+            base = make_tiny_model(Path(tmp) / args.arch, arch=args.arch, vocab_size=None,
+                                   dtype=torch.bfloat16, tokenizer="bytelevel")  # fmt: skip
+        _free()
+        print(f"# model {args.arch} ready in {time.perf_counter() - started:.0f}s", flush=True)
         per_token = flops_per_token(AutoConfig.from_pretrained(base), args.seq_len)
         tokenizer = load_tokenizer(base)
         header = f"{'config':12s} {'loop':22s} {'tok/s':>9s} {'peak GiB':>9s} {'ratio':>6s} {'mem':>5s} {'MFU':>6s}  loss vs baseline"
