@@ -474,7 +474,9 @@ def collector(settings: TrainerSettings, engine: Engine) -> ComparisonCollector:
         engine=engine,
         store=ArtifactStore.from_settings(settings.s3),
         versions=GrpcModelVersionLookup(
-            settings.registry_target, settings.registry_api_key, timeout_s=settings.upstream_timeout_s
+            settings.registry_target,
+            settings.registry_api_key,
+            timeout_s=settings.upstream_timeout_s,
         ),
         reports=GrpcReportLookup(
             settings.evaluator_target,
