@@ -137,12 +137,14 @@ def postgres_server_url() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A DB URL with an empty schema, once per backend. PostgreSQL tests share the
-    session's database, so each test gets its own schema there (search_path)."""
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def _backend_url(request: pytest.FixtureRequest, sqlite_dir: Path) -> Iterator[str]:
+    """A DB URL with an empty schema for request.param's backend. PostgreSQL tests share the
+    session's database, so each user gets its own schema there (search_path)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
+        yield f"sqlite:///{sqlite_dir / 'test.sqlite3'}"
         return
     base = request.getfixturevalue("postgres_server_url")
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -156,3 +158,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with engine.connect() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A DB URL with an empty schema, once per backend, for one test."""
+    yield from _backend_url(request, tmp_path)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Like `db_url`, for a whole module: what a module sets up once (a consumer group
+    join, deployments) is set up once per backend, not per test."""
+    yield from _backend_url(request, tmp_path_factory.mktemp("db"))

@@ -31,8 +31,7 @@ from evaluator_helpers import (
     suite_files,
 )
 from minio.deleteobjects import DeleteObject
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 from posttrain.config import GrpcServerSettings, KafkaSettings
 from posttrain.db import apply_migrations, create_db_engine, session_scope
@@ -219,31 +218,6 @@ def evaluator(db_url: str, store: ArtifactStore, artifacts: Artifacts, tmp_path:
 
 
 # ---------------------------------------------------------------- with the broker
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
-def module_db_url(request, tmp_path_factory) -> Iterator[str]:
-    """Like `db_url`, for a whole module: one consumer group join per backend, not per test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('evaluator') / 'evaluator.sqlite3'}"
-        return
-    base = request.getfixturevalue("postgres_server_url")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield (
-            make_url(base)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @dataclass

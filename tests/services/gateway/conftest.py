@@ -21,8 +21,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from posttrain.config import GrpcServerSettings, KafkaSettings, TritonSettings
@@ -224,31 +223,6 @@ def start_gateway(
     # Events are recorded here; test_gateway_events.py runs the real Kafka publisher.
     app.gateway.events = lambda *event: env.events.append(event)
     return env
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
-def module_db_url(request, tmp_path_factory) -> Iterator[str]:
-    """Like `db_url`, for a whole module (deployments are made once per backend)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('gateway-db') / 'gateway.sqlite3'}"
-        return
-    base = request.getfixturevalue("postgres_server_url")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield (
-            make_url(base)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")

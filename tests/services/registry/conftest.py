@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 # The registry's test builders live beside the core's tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "libs" / "registry"))
@@ -134,31 +133,6 @@ class LiveRegistry:
                 return result
             time.sleep(0.1)
         raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
-def module_db_url(request, tmp_path_factory) -> Iterator[str]:
-    """Like `db_url`, for a whole module: one consumer group join per backend, not per test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.sqlite3'}"
-        return
-    base = request.getfixturevalue("postgres_server_url")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield (
-            make_url(base)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
