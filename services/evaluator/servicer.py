@@ -56,7 +56,6 @@ from posttrain.rpc import (
     ROLES,
     InvalidArgument,
     PermissionDenied,
-    Principal,
     Role,
     current_correlation_id,
     current_principal,
@@ -136,7 +135,9 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
         if not request.id:
             raise InvalidArgument("id", "a report id is required")
         with Session(self.engine) as session:
-            return report_proto(reports.get(session, request.id, tenant_scope=_scope(caller)))
+            return report_proto(
+                reports.get(session, request.id, tenant_scope=caller.tenant_scope())
+            )
 
     def ListReports(self, request, context):
         caller = require_role(current_principal(), *READ_ROLES)
@@ -144,7 +145,7 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
         with Session(self.engine) as session:
             rows, total = reports.list_reports(
                 session,
-                tenant_scope=_scope(caller),
+                tenant_scope=caller.tenant_scope(),
                 model_version_id=request.model_version_id,
                 suite=request.suite,
                 offset=offset,
@@ -163,7 +164,7 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
         with Session(self.engine) as session:
             rows, total = review.list_items(
                 session,
-                tenant_scope=_scope(caller),
+                tenant_scope=caller.tenant_scope(),
                 unlabelled_only=request.unlabelled_only,
                 report_id=request.report_id,
                 suite=request.suite,
@@ -184,7 +185,7 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
             row = review.label_item(
                 session,
                 request.item_id,
-                tenant_scope=_scope(caller),
+                tenant_scope=caller.tenant_scope(),
                 labelled_by=caller.name,
                 score=int(score) or None,
                 label=request.label.strip(),
@@ -290,11 +291,6 @@ def _suite_proto(row: SuiteRow, *, already_existed: bool = False) -> evaluation_
     )
     msg.created_at.FromDatetime(row.created_at)
     return msg
-
-
-def _scope(caller: Principal) -> str | None:
-    """The tenant whose rows the caller may see; None = all (admin)."""
-    return None if caller.has_role(Role.ADMIN) else caller.tenant
 
 
 # ------------------------------------------------------------------ wiring

@@ -120,7 +120,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def GetModelVersion(self, request, context):
         caller = self._caller(*READ_ROLES)
         with self._session() as session:
-            row = versions.get(session, request.id, tenant_scope=_scope(caller))
+            row = versions.get(session, request.id, tenant_scope=caller.tenant_scope())
             return convert.model_version(row, gate.status(session, row.id))
 
     def ListModelVersions(self, request, context):
@@ -130,7 +130,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         with self._session() as session:
             rows, total = versions.list_versions(
                 session,
-                tenant_scope=_scope(caller),
+                tenant_scope=caller.tenant_scope(),
                 tenant=tenant,
                 name=request.name,
                 include_archived=request.include_archived,
@@ -151,7 +151,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 request.id,
                 actor=caller.name,
                 reason=request.reason,
-                tenant_scope=_scope(caller),
+                tenant_scope=caller.tenant_scope(),
             )
             return convert.model_version(row, gate.status(session, row.id))
 
@@ -165,7 +165,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 request.node_id,
                 direction=convert.direction_word(request.direction),
                 max_depth=request.max_depth,
-                tenant_scope=_scope(caller),
+                tenant_scope=caller.tenant_scope(),
             )
             return convert.lineage_graph(graph)
 
@@ -189,7 +189,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 reason=request.reason,
                 override_gate=request.override_gate,
                 expected_revision=request.expected_revision,
-                tenant_scope=_scope(caller),
+                tenant_scope=caller.tenant_scope(),
             )
             return convert.alias(change.alias)
 
@@ -248,7 +248,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         with self._session() as session:
             rows, total = audit.list_entries(
                 session,
-                tenant_scope=_scope(caller),
+                tenant_scope=caller.tenant_scope(),
                 subject=request.subject,
                 actor=request.actor,
                 action=request.action,
@@ -306,11 +306,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 f"{caller.name!r} of tenant {caller.tenant!r} may not act on tenant {tenant!r}"
             )
         return tenant
-
-
-def _scope(caller: Principal) -> str | None:
-    """The tenant whose rows the caller may see; None = all (admin)."""
-    return None if caller.has_role(Role.ADMIN) else caller.tenant
 
 
 def register(settings: RegistrySettings, engine: Engine) -> list[tuple[AddServicerFn, object]]:

@@ -47,7 +47,6 @@ from posttrain.rpc import (
     ROLES,
     FailedPrecondition,
     InvalidArgument,
-    Principal,
     Role,
     current_correlation_id,
     current_principal,
@@ -294,7 +293,7 @@ class ComparisonServicer(comparison_pb2_grpc.ComparisonServiceServicer):
         caller = require_role(current_principal(), *READ_ROLES)
         with Session(self.engine) as session:
             book = ComparisonBook(session)
-            row = book.get(_comparison_id(request.id), tenant_scope=_scope(caller))
+            row = book.get(_comparison_id(request.id), tenant_scope=caller.tenant_scope())
             return comparison_proto(row, book.candidates(row.id))
 
     def ListComparisons(self, request, context):
@@ -302,7 +301,7 @@ class ComparisonServicer(comparison_pb2_grpc.ComparisonServiceServicer):
         offset, limit = page_bounds(request.page)
         with Session(self.engine) as session:
             book = ComparisonBook(session)
-            rows, total = book.list(tenant_scope=_scope(caller), offset=offset, limit=limit)
+            rows, total = book.list(tenant_scope=caller.tenant_scope(), offset=offset, limit=limit)
             return comparison_pb2.ListComparisonsResponse(
                 comparisons=[comparison_proto(r, book.candidates(r.id)) for r in rows],
                 page=page_response(offset, len(rows), total),
@@ -312,7 +311,7 @@ class ComparisonServicer(comparison_pb2_grpc.ComparisonServiceServicer):
         caller = require_role(current_principal(), *READ_ROLES)
         with Session(self.engine) as session:
             row = ComparisonBook(session).get(
-                _comparison_id(request.id), tenant_scope=_scope(caller)
+                _comparison_id(request.id), tenant_scope=caller.tenant_scope()
             )
         if row.state != COMPLETED:
             raise FailedPrecondition(
@@ -442,10 +441,6 @@ def _comparison_id(value: str) -> str:
     if len(value) > 32 or not value.isalnum():
         raise InvalidArgument("id", f"{value[:40]!r} is not a comparison id")
     return value
-
-
-def _scope(caller: Principal) -> str | None:
-    return None if caller.has_role(Role.ADMIN) else caller.tenant
 
 
 # ------------------------------------------------------------------ wiring

@@ -34,7 +34,6 @@ from posttrain.rpc import (
     ROLES,
     InvalidArgument,
     PermissionDenied,
-    Principal,
     Role,
     current_correlation_id,
     current_principal,
@@ -156,7 +155,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         caller = require_role(current_principal(), *READ_ROLES)
         with Session(self.engine) as session:
             return job_proto(
-                JobBook(session).get(_job_id(request.job_id), tenant_scope=_scope(caller))
+                JobBook(session).get(_job_id(request.job_id), tenant_scope=caller.tenant_scope())
             )
 
     def ListJobs(self, request, context):
@@ -174,7 +173,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         offset, limit = page_bounds(request.page)
         with Session(self.engine) as session:
             rows, total = JobBook(session).list_jobs(
-                tenant_scope=request.tenant or _scope(caller),
+                tenant_scope=request.tenant or caller.tenant_scope(),
                 state=state,
                 offset=offset,
                 limit=limit,
@@ -189,7 +188,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         with session_scope(self.engine) as session:
             job = JobBook(session, _outbox_emit(session)).cancel(
                 _job_id(request.job_id),
-                tenant_scope=_scope(caller),
+                tenant_scope=caller.tenant_scope(),
                 by=caller.name,
                 reason=request.reason,
             )
@@ -199,7 +198,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         """Progress of the job: every step it reaches (each once, in increasing order,
         also across a resume) and every change of state; ends after its final state."""
         caller = require_role(current_principal(), *READ_ROLES)
-        job_id, scope = _job_id(request.job_id), _scope(caller)
+        job_id, scope = _job_id(request.job_id), caller.tenant_scope()
         with Session(self.engine) as session:
             JobBook(session).get(job_id, tenant_scope=scope)  # NOT_FOUND before streaming
         return self._watch(job_id, scope, context)
@@ -287,11 +286,6 @@ def _job_id(value: str) -> str:
     if len(value) > 32 or not value.isalnum():
         raise InvalidArgument("job_id", f"{value[:40]!r} is not a job id")
     return value
-
-
-def _scope(caller: Principal) -> str | None:
-    """The tenant whose jobs the caller may see; None = all (admin)."""
-    return None if caller.has_role(Role.ADMIN) else caller.tenant
 
 
 def _outbox_emit(session: Session):

@@ -85,6 +85,10 @@ class Principal:
     def has_role(self, *roles: str) -> bool:
         return Role.ADMIN in self.roles or any(r in self.roles for r in roles)
 
+    def tenant_scope(self) -> str | None:
+        """The tenant whose rows the caller may see; None = every tenant (admin)."""
+        return None if Role.ADMIN in self.roles else self.tenant
+
     def to_proto(self) -> common_pb2.Principal:
         return common_pb2.Principal(name=self.name, roles=sorted(self.roles), tenant=self.tenant)
 
