@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from minio.deleteobjects import DeleteObject
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from posttrain.config import S3Settings
 from posttrain.stack import LocalStack, StackPorts
+from posttrain.storage import ArtifactStore
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -173,3 +175,22 @@ def module_db_url(
     """Like `db_url`, for a whole module: what a module sets up once (a consumer group
     join, deployments) is set up once per backend, not per test."""
     yield from _backend_url(request, tmp_path_factory.mktemp("db"))
+
+
+@pytest.fixture(scope="module")
+def module_store(stack) -> Iterator[ArtifactStore]:
+    """A fresh bucket for the module on the stack's S3, emptied and removed afterwards
+    (SeaweedFS gives every bucket a volume, and a session has a limited number of them)."""
+    settings = stack.s3_settings(bucket=f"mod-{uuid.uuid4().hex[:10]}")
+    store = ArtifactStore.from_settings(settings)
+    store.ensure_bucket()
+    try:
+        yield store
+    finally:
+        client = store.client
+        leftovers = [
+            DeleteObject(o.object_name)
+            for o in client.list_objects(settings.bucket, recursive=True)
+        ]
+        assert not list(client.remove_objects(settings.bucket, leftovers))
+        client.remove_bucket(settings.bucket)

@@ -30,7 +30,6 @@ from evaluator_helpers import (
     FakeRegistry,
     suite_files,
 )
-from minio.deleteobjects import DeleteObject
 from sqlalchemy import Engine
 
 from posttrain.config import GrpcServerSettings, KafkaSettings
@@ -89,22 +88,9 @@ def model_folders(tmp_path_factory: pytest.TempPathFactory) -> ModelFolders:
 
 
 @pytest.fixture(scope="module")
-def store(stack) -> Iterator[ArtifactStore]:
-    """A bucket for the module, emptied and removed afterwards (SeaweedFS gives every
-    bucket a volume, and a session has a limited number of them)."""
-    settings = stack.s3_settings(bucket=f"evl-{uuid.uuid4().hex[:10]}")
-    store = ArtifactStore.from_settings(settings)
-    store.ensure_bucket()
-    try:
-        yield store
-    finally:
-        client = store.client
-        leftovers = [
-            DeleteObject(o.object_name)
-            for o in client.list_objects(settings.bucket, recursive=True)
-        ]
-        assert not list(client.remove_objects(settings.bucket, leftovers))
-        client.remove_bucket(settings.bucket)
+def store(module_store: ArtifactStore) -> ArtifactStore:
+    """The module's own bucket (tests/conftest.py module_store)."""
+    return module_store
 
 
 @dataclass

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from minio.deleteobjects import DeleteObject
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from trainer_helpers import (
@@ -69,22 +68,9 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def store(stack) -> Iterator[ArtifactStore]:
-    """A bucket for the module, emptied and removed afterwards (SeaweedFS gives every
-    bucket a volume, and a session has a limited number of them)."""
-    settings = stack.s3_settings(bucket=f"trn-{uuid.uuid4().hex[:10]}")
-    store = ArtifactStore.from_settings(settings)
-    store.ensure_bucket()
-    try:
-        yield store
-    finally:
-        client = store.client
-        leftovers = [
-            DeleteObject(o.object_name)
-            for o in client.list_objects(settings.bucket, recursive=True)
-        ]
-        assert not list(client.remove_objects(settings.bucket, leftovers))
-        client.remove_bucket(settings.bucket)
+def store(module_store: ArtifactStore) -> ArtifactStore:
+    """The module's own bucket (tests/conftest.py module_store)."""
+    return module_store
 
 
 @dataclass
