@@ -13,6 +13,7 @@ Who may call what (admin holds every role):
 | RegisterBaseModel                                     | trainer                     |
 | Promote, Rollback, ArchiveModelVersion                | operator                    |
 | Promote with override_gate                            | operator, and a reason      |
+| WhoAmI                                                | any valid key               |
 
 Tenants: a caller sees and changes only its own tenant's versions, aliases, lineage
 nodes and audit entries (another tenant's version is NOT_FOUND, naming another tenant
@@ -46,6 +47,7 @@ from posttrain.registry import (
 from posttrain.registry.emit import Emit
 from posttrain.registry.metrics import alias_change
 from posttrain.rpc import (
+    ROLES,
     Conflict,
     InvalidArgument,
     PermissionDenied,
@@ -259,6 +261,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 entries=[convert.audit_entry(r) for r in rows],
                 page=page_response(offset, len(rows), total),
             )
+
+    def WhoAmI(self, request, context):
+        return self._caller(*ROLES).to_proto()
 
     # ------------------------------------------------------------------ plumbing
 

@@ -50,6 +50,7 @@ ROLE_MATRIX: dict[str, frozenset[str]] = {
     "RegistryService.GetAlias": REGISTRY_READ,
     "RegistryService.ListAliases": REGISTRY_READ,
     "RegistryService.ListAudit": REGISTRY_READ,
+    "RegistryService.WhoAmI": frozenset(ROLE_NAMES),
     "TrainingService.SubmitJob": frozenset({"trainer"}),
     "TrainingService.GetJob": frozenset(ROLE_NAMES),
     "TrainingService.ListJobs": frozenset(ROLE_NAMES),
