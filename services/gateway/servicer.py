@@ -21,6 +21,7 @@ from posttrain.gateway import (
     deployment_state,
     experiment_proto,
     list_deployments,
+    list_experiments,
     names,
 )
 from posttrain.rpc.auth import Role, current_principal, require_role
@@ -81,6 +82,23 @@ class GatewayServicer(gateway_pb2_grpc.InferenceGatewayServicer):
     def GetExperimentReport(self, request, context):
         principal = require_role(current_principal(), *READ_ROLES)
         return self.app.experiments.report(tenant=principal.tenant, experiment_id=request.id)
+
+    def ListExperiments(self, request, context):
+        principal = require_role(current_principal(), *READ_ROLES)
+        offset, limit = page_bounds(request.page)
+        with Session(self.app.engine) as session:
+            rows, total = list_experiments(
+                session,
+                principal.tenant,
+                use_case=request.use_case,
+                running_only=request.running_only,
+                offset=offset,
+                limit=limit,
+            )
+            return gateway_pb2.ListExperimentsResponse(
+                experiments=[experiment_proto(r) for r in rows],
+                page=page_response(offset, len(rows), total),
+            )
 
     # ------------------------------------------------------------------ deployments
 

@@ -27,6 +27,7 @@ from posttrain.gateway.experiments import (
     RunningExperiment,
     VariantSpec,
     experiment_proto,
+    list_experiments,
 )
 from posttrain.gateway.grading import ExperimentGrader, experiment_judge
 from posttrain.gateway.inference import Assignment, GatewayLimits, InferenceGateway
@@ -60,5 +61,6 @@ __all__ = [
     "deployment_state",
     "experiment_judge",
     "experiment_proto",
+    "list_experiments",
     "list_deployments",
 ]

@@ -139,6 +139,32 @@ def running_experiment(session: Session, tenant: str, route: str) -> ExperimentR
     )
 
 
+def list_experiments(
+    session: Session,
+    tenant: str,
+    *,
+    use_case: str = "",
+    running_only: bool = False,
+    offset: int = 0,
+    limit: int = 100,
+) -> tuple[list[ExperimentRow], int]:
+    """A page of a tenant's experiments, newest first, and how many there are in all."""
+    where = [ExperimentRow.tenant == tenant]
+    if use_case:
+        where.append(ExperimentRow.use_case == use_case)
+    if running_only:
+        where.append(ExperimentRow.running.is_(True))
+    total = session.scalar(sa.select(sa.func.count()).select_from(ExperimentRow).where(*where))
+    rows = session.scalars(
+        sa.select(ExperimentRow)
+        .where(*where)
+        .order_by(ExperimentRow.started_at.desc(), ExperimentRow.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return list(rows), int(total or 0)
+
+
 class ExperimentBook:
     """Experiments in the gateway's database; `on_change` runs after anything that changes
     what a request is routed to (the gateway drops its route cache)."""

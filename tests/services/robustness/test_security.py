@@ -76,6 +76,7 @@ ROLE_MATRIX: dict[str, frozenset[str]] = {
     "InferenceGateway.StopExperiment": frozenset({"operator"}),
     "InferenceGateway.GetExperimentReport": GATEWAY_READ,
     "InferenceGateway.ListDeployments": GATEWAY_READ | {"client"},
+    "InferenceGateway.ListExperiments": GATEWAY_READ,
 }
 
 METHODS = all_methods()
