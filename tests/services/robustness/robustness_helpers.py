@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -89,6 +90,7 @@ class Fleet:
     store: ArtifactStore
     keys: dict[str, str]  # role (or "revoked") -> key of tenant acme
     s3: S3Settings
+    settings: dict[str, Any]  # service -> the settings its register() got
     channels: list = field(default_factory=list)
 
     def channel(self) -> grpc.Channel:
@@ -132,12 +134,23 @@ def fleet(stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     trainer_settings = TrainerSettings(
         state_dir=str(tmp / "trainer"), intake_target=target, registry_target=target, **common
     )
-    entries = [
-        *intake_service.register(
-            IntakeSettings(state_dir=str(tmp / "intake"), registry_target=target, **common),
-            engines["intake"],
+    settings: dict[str, Any] = {
+        "intake": IntakeSettings(state_dir=str(tmp / "intake"), registry_target=target, **common),
+        "registry": RegistrySettings(**common),
+        "trainer": trainer_settings,
+        "evaluator": EvaluatorSettings(
+            state_dir=str(tmp / "evaluator"), registry_target=target, torch_threads=1, **common
         ),
-        *registry_service.register(RegistrySettings(**common), engines["registry"]),
+        "gateway": GatewaySettings(
+            triton_model_repository=str(tmp / "triton-models"),
+            model_cache_dir=str(tmp / "model-cache"),
+            default_timeout_s=2.0,
+            **common,
+        ),
+    }
+    entries = [
+        *intake_service.register(settings["intake"], engines["intake"]),
+        *registry_service.register(settings["registry"], engines["registry"]),
     ]
     training = trainer_service.register(trainer_settings, engines["trainer"])
     entries += [
@@ -148,21 +161,8 @@ def fleet(stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             training[0][1].datasets,
             training[0][1].base_models,
         ),
-        *evaluator_service.register(
-            EvaluatorSettings(
-                state_dir=str(tmp / "evaluator"), registry_target=target, torch_threads=1, **common
-            ),
-            engines["evaluator"],
-        ),
-        *gateway_service.register(
-            GatewaySettings(
-                triton_model_repository=str(tmp / "triton-models"),
-                model_cache_dir=str(tmp / "model-cache"),
-                default_timeout_s=2.0,
-                **common,
-            ),
-            engines["gateway"],
-        ),
+        *evaluator_service.register(settings["evaluator"], engines["evaluator"]),
+        *gateway_service.register(settings["gateway"], engines["gateway"]),
     ]
     auth_engine = engine_for("auth")
     apply_migrations(auth_engine, "auth", AUTH_MIGRATIONS)
@@ -181,7 +181,7 @@ def fleet(stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         host="127.0.0.1",
     )
     server.start()
-    fleet = Fleet(server, engines, auth_engine, key_store, store, keys, s3)
+    fleet = Fleet(server, engines, auth_engine, key_store, store, keys, s3, settings)
     try:
         yield fleet
     finally:
