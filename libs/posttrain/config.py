@@ -81,6 +81,19 @@ class GrpcServerSettings(BaseSettings):
     auth_required: bool = Field(True, description="reject calls without a valid API key")
 
 
+class GrpcClientSettings(BaseSettings):
+    """How posttrain's gRPC clients (service to service, the CLI, the health check) reach
+    a TLS server; read by make_channel when its caller gives no TLS arguments."""
+
+    model_config = SettingsConfigDict(env_prefix="POSTTRAIN_GRPC_CLIENT_", extra="ignore")
+
+    tls_ca_file: str = Field("", description="PEM CA bundle to trust; set = TLS")
+    tls: bool = Field(False, description="TLS trusting the system CAs (no tls_ca_file)")
+    tls_server_name: str = Field(
+        "", description="name to check the server certificate against; empty = the host"
+    )
+
+
 class ServiceSettings(BaseSettings):
     """What every service needs; a service subclasses this and adds its own fields."""
 

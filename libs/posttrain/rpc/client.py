@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from posttrain.config import GrpcClientSettings
 from posttrain.rpc.auth import api_key_client_interceptor
 from posttrain.rpc.logs import correlation_id_client_interceptor
 
@@ -27,7 +28,14 @@ def make_channel(
 ) -> grpc.Channel:
     """A channel to `target` ("host:port"). TLS when `tls_ca_file` is given (trusting that
     CA) or `tls` is set (trusting the system's CAs); `tls_server_name` overrides the name
-    the server certificate is checked against."""
+    the server certificate is checked against. Without any of the three, they come from
+    GrpcClientSettings (POSTTRAIN_GRPC_CLIENT_TLS_CA_FILE ...), so every client of a
+    process, the service-to-service ones included, follows one setting."""
+    if not (tls_ca_file or tls or tls_server_name):
+        configured = GrpcClientSettings()
+        tls_ca_file = configured.tls_ca_file or None
+        tls = configured.tls
+        tls_server_name = configured.tls_server_name or None
     opts: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -36,7 +44,10 @@ def make_channel(
     if tls_server_name:
         opts.append(("grpc.ssl_target_name_override", tls_server_name))
     if tls_ca_file or tls:
-        root = Path(tls_ca_file).read_bytes() if tls_ca_file else None
+        try:
+            root = Path(tls_ca_file).read_bytes() if tls_ca_file else None
+        except OSError as exc:
+            raise ValueError(f"tls_ca_file {tls_ca_file!r} cannot be read: {exc}") from exc
         credentials = grpc.ssl_channel_credentials(root_certificates=root)
         channel = grpc.secure_channel(target, credentials, options=opts)
     else:

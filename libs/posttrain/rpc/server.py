@@ -31,6 +31,13 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def _read_pem(path: str, setting: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{setting} {path!r} cannot be read: {exc}") from exc
+
+
 class GrpcServer:
     """One gRPC server, bound at construction; `port` is the port actually bound.
 
@@ -86,11 +93,12 @@ class GrpcServer:
         cert, key = self.settings.tls_cert_file, self.settings.tls_key_file
         if bool(cert) != bool(key):
             raise ValueError("TLS needs both tls_cert_file and tls_key_file, or neither")
+        if cert:
+            credentials = grpc.ssl_server_credentials(
+                [(_read_pem(key, "tls_key_file"), _read_pem(cert, "tls_cert_file"))]
+            )
         try:
             if cert:
-                credentials = grpc.ssl_server_credentials(
-                    [(Path(key).read_bytes(), Path(cert).read_bytes())]
-                )
                 bound = self._server.add_secure_port(address, credentials)
             else:
                 bound = self._server.add_insecure_port(address)
