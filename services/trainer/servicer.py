@@ -51,7 +51,7 @@ from posttrain.trainer import (
     TrainingJobRow,
     artifact_refs,
     build_job_config,
-    job_processes,
+    job_resources,
 )
 from posttrain.trainer.tables import JobProgressRow
 from posttrain.v1 import common_pb2, training_pb2, training_pb2_grpc
@@ -115,11 +115,12 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
             request.config_yaml,
             defaults={"checkpoint_every": self.settings.default_checkpoint_every},
         )
-        processes = job_processes(
+        processes, nodes = job_resources(
             request.resources.processes,
             request.resources.nodes,
             config.method,
             max_processes=self.settings.max_job_processes,
+            max_nodes=self.settings.max_job_nodes,
         )
 
         _, weights, manifest = training_inputs(
@@ -145,6 +146,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
                     output_name=request.output_name,
                     submitted_by=caller.name,
                     processes=processes,
+                    nodes=nodes,
                 )
             )
             return job_proto(job)
@@ -256,7 +258,7 @@ def job_proto(job: TrainingJobRow) -> training_pb2.TrainingJob:
         attempt=job.attempt,
         artifacts=[ref.to_proto() for ref in artifact_refs(job)],
         config_yaml=job.config_yaml,
-        resources=training_pb2.TrainingResources(processes=job.processes, nodes=1),
+        resources=training_pb2.TrainingResources(processes=job.processes, nodes=job.nodes),
     )
     msg.created_at.FromDatetime(job.created_at)
     msg.updated_at.FromDatetime(job.updated_at)

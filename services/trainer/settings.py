@@ -28,6 +28,11 @@ class TrainerSettings(RpcServiceSettings):
         description="most processes (GPUs) a job may ask for in resources.processes: the "
         "GPUs of the largest training worker",
     )
+    max_job_nodes: int = Field(
+        1,
+        description="most worker nodes a job may ask for in resources.nodes; above 1 only "
+        "when the workers share a folder (worker_shared_dir) for multi-node checkpoints",
+    )
     watch_poll_s: float = Field(0.5, description="how often WatchJob looks for new progress")
 
     # Workers.
@@ -60,6 +65,22 @@ class TrainerSettings(RpcServiceSettings):
         300.0,
         description="a job of several processes that has not stopped at a step boundary this "
         "long after its cancel is terminated (it resumes from its last checkpoint)",
+    )
+    worker_shared_dir: str = Field(
+        "",
+        description="a folder every worker node sees (a ReadWriteMany volume), where the "
+        "nodes of a multi-node job stage sharded checkpoints; empty = this worker takes no "
+        "multi-node job",
+    )
+    worker_node_address: str = Field(
+        "",
+        description="the address other worker nodes reach this one at, when it hosts a "
+        "multi-node job's rendezvous (the pod IP); empty = this host's resolved address",
+    )
+    worker_gang_timeout_s: float = Field(
+        600.0,
+        description="how long the first node of a multi-node job waits for the others to "
+        "join before the job fails (retryable)",
     )
     worker_checkpoint_keep_last: int = Field(2, description="checkpoints kept per job")
     worker_torch_threads: int = Field(0, description="torch CPU threads; 0 = torch's default")

@@ -42,7 +42,17 @@ def worker_options(settings: TrainerSettings) -> WorkerOptions:
         max_processes=settings.worker_max_processes or max(torch.cuda.device_count(), 1),
         cancel_grace_s=settings.worker_cancel_grace_s,
         producer_name=settings.service_name,
+        shared_dir=Path(settings.worker_shared_dir) if settings.worker_shared_dir else None,
+        node_address=settings.worker_node_address or _host_address(),
+        gang_timeout_s=settings.worker_gang_timeout_s,
     )
+
+
+def _host_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 class WorkerRuntime:

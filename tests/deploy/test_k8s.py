@@ -356,6 +356,8 @@ def container_env(overlay: str, container: dict[str, Any]) -> dict[str, str]:
             config_map = find(objects, "ConfigMap", ref["name"])
             assert config_map and ref["key"] in config_map["data"], f"{item['name']}: {ref}"
             env[item["name"]] = config_map["data"][ref["key"]]
+        elif ref := item["valueFrom"].get("fieldRef"):  # the Downward API: a stand-in value
+            env[item["name"]] = {"status.podIP": "10.1.2.3"}[ref["fieldPath"]]
         else:
             ref = item["valueFrom"]["secretKeyRef"]
             assert ref["name"] == SECRET_NAME, f"{item['name']}: secret {ref['name']}"
@@ -1005,6 +1007,31 @@ def test_training_workers_take_jobs_as_large_as_their_gpus(overlay):
         }
         shm = {m["mountPath"]: volumes[m["name"]] for m in worker["volumeMounts"]}["/dev/shm"]
         assert shm["emptyDir"]["medium"] == "Memory", "NCCL needs a large /dev/shm"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_multi_node_jobs_span_at_most_the_workers_that_share_a_folder(overlay):
+    """A job of M nodes runs on M worker pods: each reaches the others at its pod IP and
+    stages sharded checkpoints in one ReadWriteMany claim that every worker mounts at the
+    path of POSTTRAIN_WORKER_SHARED_DIR; the API allows no more nodes than workers."""
+    objects = render(overlay)
+    deployment = find(objects, "Deployment", "trainer-worker")
+    worker = main_container(deployment)
+    env = container_env(overlay, worker)
+    by_name = {e["name"]: e for e in worker["env"]}
+    assert by_name["POSTTRAIN_WORKER_NODE_ADDRESS"]["valueFrom"]["fieldRef"] == {
+        "fieldPath": "status.podIP"
+    }
+    claim, read_only = mounted_claims(deployment)[env["POSTTRAIN_WORKER_SHARED_DIR"]]
+    assert not read_only
+    pvc = find(objects, "PersistentVolumeClaim", claim)
+    assert pvc is not None and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["spec"].get("storageClassName"), f"{overlay}: no storage class for {claim}"
+    api_env = container_env(overlay, main_container(find(objects, "Deployment", "trainer")))
+    max_nodes = int(api_env["POSTTRAIN_MAX_JOB_NODES"])
+    assert 1 <= max_nodes <= deployment["spec"].get("replicas", 1)
+    if overlay == "prod":
+        assert max_nodes >= 2, "production offers multi-node jobs"
 
 
 def test_triton_serves_under_explicit_model_control():

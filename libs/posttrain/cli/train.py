@@ -96,7 +96,14 @@ def train() -> None:
     "--processes",
     type=int,
     default=0,
-    help="processes (GPUs) the job trains on, under torchrun + FSDP2; 0 = one, in the worker",
+    help="processes (GPUs) per node the job trains on, under torchrun + FSDP2; 0 = one, in "
+    "the worker",
+)
+@click.option(
+    "--nodes",
+    type=int,
+    default=0,
+    help="worker nodes the job spans (each runs --processes); 0 = one",
 )
 @click.option("--watch", "then_watch", is_flag=True, help="follow the job until it ends")
 @target_option("trainer")
@@ -113,6 +120,7 @@ def submit(
     output_name,
     tenant,
     processes,
+    nodes,
     then_watch,
     target,
     api_key,
@@ -133,7 +141,7 @@ def submit(
             config_yaml=config_yaml,
             output_name=output_name,
             tenant=tenant,
-            resources=training_pb2.TrainingResources(processes=processes),
+            resources=training_pb2.TrainingResources(processes=processes, nodes=nodes),
         )
     )
     if as_json and not then_watch:

@@ -7,7 +7,7 @@ is the ReceivedEvent/HandlerContext pair of posttrain.events.
 """
 
 from posttrain.trainer.checkpoints import S3CheckpointStore, checkpoint_prefix
-from posttrain.trainer.job_config import build_job_config, job_processes
+from posttrain.trainer.job_config import build_job_config, job_resources
 from posttrain.trainer.jobs import (
     CANCELLED,
     FAILED,
@@ -56,6 +56,6 @@ __all__ = [
     "artifact_refs",
     "build_job_config",
     "checkpoint_prefix",
-    "job_processes",
+    "job_resources",
     "new_job_id",
 ]

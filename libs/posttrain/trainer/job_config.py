@@ -8,7 +8,7 @@ caller sent one, then each hyper-parameter. A hyper-parameter is a TrainingJobCo
 written as a YAML scalar or list, as on the command line. The stored config has no
 machine path: the worker sets base_model to its local copy of the registered base.
 
-How many processes a job trains with (`resources`) is checked by job_processes: it is not
+How many processes a job trains with (`resources`) is checked by job_resources: it is not
 part of the config, but the config's batch_size is per process.
 """
 
@@ -54,10 +54,14 @@ def build_job_config(
     return config
 
 
-def job_processes(processes: int, nodes: int, method: str, *, max_processes: int) -> int:
-    """The number of processes a job asks for (`resources.processes`, 0 = 1), or
-    InvalidArgument naming every field that is wrong. One job runs on one worker (one
-    node): `resources.nodes` above 1 is refused, as is more than `max_processes`."""
+def job_resources(
+    processes: int, nodes: int, method: str, *, max_processes: int, max_nodes: int
+) -> tuple[int, int]:
+    """(processes per node, nodes) a job asks for (`resources`, 0 = 1), or InvalidArgument
+    naming every field that is wrong: more processes than one worker runs
+    (`max_processes`), more nodes than the trainer offers (`max_nodes`: 1 unless its
+    workers share a folder for multi-node checkpoints), several processes for a method
+    that trains in one."""
     violations = []
     if processes < 0:
         violations.append(FieldViolation("resources.processes", f"{processes} is negative"))
@@ -69,25 +73,29 @@ def job_processes(processes: int, nodes: int, method: str, *, max_processes: int
                 "trainer's max_job_processes: the GPUs of one worker)",
             )
         )
-    elif processes > 1 and method not in DISTRIBUTED_METHODS:
+    if nodes < 0:
+        violations.append(FieldViolation("resources.nodes", f"{nodes} is negative"))
+    elif nodes > max_nodes:
         violations.append(
             FieldViolation(
-                "resources.processes",
+                "resources.nodes",
+                f"{nodes} is more than this trainer offers ({max_nodes}, its max_job_nodes; "
+                "multi-node jobs need workers with a shared folder: deploy/README.md)",
+            )
+        )
+    total = max(processes, 1) * max(nodes, 1)
+    if total > 1 and method not in DISTRIBUTED_METHODS and not violations:
+        field = "resources.processes" if processes > 1 else "resources.nodes"
+        violations.append(
+            FieldViolation(
+                field,
                 f"{method} trains in one process only; several processes (FSDP2) support "
                 f"{sorted(DISTRIBUTED_METHODS)}",
             )
         )
-    if nodes < 0 or nodes > 1:
-        violations.append(
-            FieldViolation(
-                "resources.nodes",
-                f"{nodes}: a job runs on one worker node (up to its GPUs); training across "
-                "nodes is not offered by the trainer service (deploy/README.md)",
-            )
-        )
     if violations:
         raise InvalidArgument(violations=violations)
-    return max(processes, 1)
+    return max(processes, 1), max(nodes, 1)
 
 
 def _from_yaml(config_yaml: str) -> dict[str, Any]:

@@ -17,6 +17,12 @@ can't both win, on SQLite or PostgreSQL.
 Every state change that other services act on is staged through `emit` in the caller's
 transaction (the outbox): the change and its event commit together. Knows nothing of
 gRPC or Kafka: callers pass a Session and an emit.
+
+A job of N > 1 nodes is a gang: the worker that claims it leads the attempt (node 0,
+the torchrun rendezvous host; it writes its address with set_rendezvous), and N-1 idle
+workers take the other seats with join_gang (training_job_nodes, one row per seat and
+attempt). A seat is valid only while its attempt is the job's current RUNNING one: a
+take-over (attempt + 1) voids every seat of the old attempt.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from posttrain.db import utcnow
 from posttrain.events import topics
 from posttrain.rpc.errors import FailedPrecondition, NotFound
 from posttrain.storage import MANIFEST_MEDIA_TYPE, ArtifactRef
-from posttrain.trainer.tables import JobProgressRow, TrainingJobRow
+from posttrain.trainer.tables import JobNodeRow, JobProgressRow, TrainingJobRow
 from posttrain.training import ProgressEvent
 from posttrain.v1 import common_pb2, events_pb2
 
@@ -99,7 +105,18 @@ class JobRequest:
     config_yaml: str  # TrainingJobConfig YAML, without machine paths
     output_name: str
     submitted_by: str
-    processes: int = 1  # > 1: torchrun with that many processes on one worker's node
+    processes: int = 1  # > 1: torchrun with that many processes on each worker node
+    nodes: int = 1  # > 1: a gang of that many worker nodes, one torchrun rendezvous
+
+
+@dataclass(frozen=True)
+class GangSeat:
+    """A worker's seat in an attempt of a multi-node job: node `node_rank` of job.nodes,
+    joining the rendezvous `job.rendezvous` (host:port of node 0)."""
+
+    job: TrainingJobRow
+    attempt: int
+    node_rank: int
 
 
 @dataclass(frozen=True)
@@ -196,6 +213,8 @@ class JobBook:
             dataset_manifest_size=request.dataset_manifest.size_bytes,
             method=request.method,
             processes=request.processes,
+            nodes=request.nodes,
+            rendezvous="",
             config_yaml=request.config_yaml,
             output_name=request.output_name,
             submitted_by=request.submitted_by,
@@ -335,13 +354,14 @@ class JobBook:
         *,
         stale_after_s: float,
         max_processes: int | None = None,
+        max_nodes: int | None = None,
         limit: int = 20,
     ) -> Claim | None:
         """Take the next job for an idle worker: first a RUNNING job whose worker stopped
         heartbeating (it has checkpoints to resume from), then the oldest QUEUED one; only
-        jobs of at most `max_processes` processes (None: any). Returns a "run" or "cancel"
-        Claim, or None when there is nothing to take."""
-        fits = [] if max_processes is None else [TrainingJobRow.processes <= max_processes]
+        jobs of at most `max_processes` processes and `max_nodes` nodes (None: any).
+        Returns a "run" or "cancel" Claim, or None when there is nothing to take."""
+        fits = _fits(max_processes, max_nodes)
         running = self.session.scalars(
             sa.select(TrainingJobRow).where(TrainingJobRow.state == RUNNING, *fits)
         ).all()
@@ -361,6 +381,126 @@ class JobBook:
             if claim.outcome in ("run", "cancel"):
                 return claim
         return None
+
+    # ------------------------------------------------------------------ multi-node gangs
+
+    def set_rendezvous(self, job_id: str, worker_id: str, attempt: int, address: str) -> None:
+        """The leader's host:port for this attempt's torchrun rendezvous."""
+        self._update_owned(job_id, worker_id, attempt, rendezvous=address)
+
+    def join_gang(
+        self,
+        worker_id: str,
+        *,
+        stale_after_s: float,
+        max_processes: int | None = None,
+    ) -> GangSeat | None:
+        """Take a free seat (node 1..N-1) in the current attempt of a RUNNING multi-node job
+        whose leader is alive and has published its rendezvous; None when none is open.
+        Two workers racing for one seat: the primary key lets one insert win."""
+        for _ in range(10):
+            opening = self._open_seat(worker_id, stale_after_s, max_processes)
+            if opening is None:
+                return None
+            job, node_rank = opening
+            now = utcnow()
+            self.session.add(
+                JobNodeRow(
+                    job_id=job.job_id,
+                    attempt=job.attempt,
+                    node_rank=node_rank,
+                    worker_id=worker_id,
+                    joined_at=now,
+                    heartbeat_at=now,
+                )
+            )
+            try:
+                self.session.flush()
+            except sa.exc.IntegrityError:  # another worker took this seat first: look again
+                self.session.rollback()
+                continue
+            return GangSeat(job, job.attempt, node_rank)
+        return None
+
+    def _open_seat(
+        self, worker_id: str, stale_after_s: float, max_processes: int | None
+    ) -> tuple[TrainingJobRow, int] | None:
+        running = self.session.scalars(
+            sa.select(TrainingJobRow)
+            .where(
+                TrainingJobRow.state == RUNNING,
+                TrainingJobRow.nodes > 1,
+                TrainingJobRow.rendezvous != "",
+                TrainingJobRow.worker_id != worker_id,
+                *_fits(max_processes, None),
+            )
+            .order_by(TrainingJobRow.created_at)
+        ).all()
+        for job in running:
+            if self._stale(job, stale_after_s) or job.cancel_requested:
+                continue
+            seats = self._seats(job.job_id, job.attempt)
+            if worker_id in seats.values():
+                continue
+            free = [r for r in range(1, job.nodes) if r not in seats]
+            if free:
+                return job, free[0]
+        return None
+
+    def gang(self, job_id: str, attempt: int, *, stale_after_s: float) -> dict[int, str]:
+        """The seats of an attempt whose workers are alive: node_rank -> worker_id."""
+        rows = self.session.scalars(
+            sa.select(JobNodeRow).where(JobNodeRow.job_id == job_id, JobNodeRow.attempt == attempt)
+        ).all()
+        now = utcnow()
+        return {
+            r.node_rank: r.worker_id
+            for r in rows
+            if (now - as_utc(r.heartbeat_at)).total_seconds() <= stale_after_s
+        }
+
+    def seat_heartbeat(self, seat: GangSeat, worker_id: str) -> None:
+        """Keep a seat alive; LostOwnership once its attempt is over (ended, taken over,
+        handed back) or the seat is not this worker's."""
+        job = self.session.execute(
+            sa.select(TrainingJobRow.state, TrainingJobRow.attempt).where(
+                TrainingJobRow.job_id == seat.job.job_id
+            )
+        ).one_or_none()
+        if job is None or (job.state, job.attempt) != (RUNNING, seat.attempt):
+            raise LostOwnership(seat.job.job_id, worker_id, seat.attempt)
+        result = self.session.execute(
+            sa.update(JobNodeRow)
+            .where(
+                JobNodeRow.job_id == seat.job.job_id,
+                JobNodeRow.attempt == seat.attempt,
+                JobNodeRow.node_rank == seat.node_rank,
+                JobNodeRow.worker_id == worker_id,
+            )
+            .values(heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            raise LostOwnership(seat.job.job_id, worker_id, seat.attempt)
+
+    def leave_gang(self, seat: GangSeat, worker_id: str) -> None:
+        """Give the seat up (its worker is stopping): node 0 sees it gone at once."""
+        self.session.execute(
+            sa.delete(JobNodeRow).where(
+                JobNodeRow.job_id == seat.job.job_id,
+                JobNodeRow.attempt == seat.attempt,
+                JobNodeRow.node_rank == seat.node_rank,
+                JobNodeRow.worker_id == worker_id,
+            )
+        )
+
+    def _seats(self, job_id: str, attempt: int) -> dict[int, str]:
+        rows = self.session.execute(
+            sa.select(JobNodeRow.node_rank, JobNodeRow.worker_id).where(
+                JobNodeRow.job_id == job_id, JobNodeRow.attempt == attempt
+            )
+        ).all()
+        return {r.node_rank: r.worker_id for r in rows}
 
     def heartbeat(self, job_id: str, worker_id: str, attempt: int) -> bool:
         """Tell the others this attempt is alive; returns whether a cancel was requested.
@@ -551,6 +691,12 @@ class JobBook:
         )
         if result.rowcount != 1:
             raise LostOwnership(job_id, owner, owned_attempt)
+
+
+def _fits(max_processes: int | None, max_nodes: int | None) -> list[sa.ColumnElement[bool]]:
+    """The jobs a worker can run: at most max_processes per node, max_nodes nodes."""
+    fits = [] if max_processes is None else [TrainingJobRow.processes <= max_processes]
+    return fits if max_nodes is None else [*fits, TrainingJobRow.nodes <= max_nodes]
 
 
 def _ref_dict(ref: ArtifactRef) -> dict[str, Any]:

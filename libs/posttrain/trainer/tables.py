@@ -44,6 +44,10 @@ class TrainingJobRow(Base):
     method: Mapped[str] = mapped_column(sa.String(20))
     # 1: trained in the worker's process; N > 1: torchrun with N processes (one per GPU).
     processes: Mapped[int] = mapped_column(sa.Integer, default=1)
+    # N > 1: `processes` on each of N worker nodes, one torchrun rendezvous; the attempt's
+    # leader (node 0) writes its address here, the others join in training_job_nodes.
+    nodes: Mapped[int] = mapped_column(sa.Integer, default=1)
+    rendezvous: Mapped[str] = mapped_column(sa.String(300), default="")
     config_yaml: Mapped[str] = mapped_column(sa.Text)
     output_name: Mapped[str] = mapped_column(sa.String(100))
     submitted_by: Mapped[str] = mapped_column(sa.String(200))
@@ -89,6 +93,20 @@ class JobProgressRow(Base):
     eta_seconds: Mapped[float] = mapped_column(sa.Float)
     eval_loss: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     at: Mapped[dt.datetime] = mapped_column(_TS)
+
+
+class JobNodeRow(Base):
+    """A worker that joined an attempt of a multi-node job as node `node_rank` (1..N-1).
+    The primary key makes two workers racing for one seat a conflict, not a double."""
+
+    __tablename__ = "training_job_nodes"
+
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("training_jobs.job_id"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    node_rank: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    worker_id: Mapped[str] = mapped_column(sa.String(200))
+    joined_at: Mapped[dt.datetime] = mapped_column(_TS)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(_TS)
 
 
 def _m0001(op: Operations) -> None:
@@ -166,8 +184,29 @@ def _m0003(op: Operations) -> None:
     )
 
 
+def _m0004(op: Operations) -> None:
+    op.add_column(
+        "training_jobs", sa.Column("nodes", sa.Integer, nullable=False, server_default="1")
+    )
+    op.add_column(
+        "training_jobs",
+        sa.Column("rendezvous", sa.String(300), nullable=False, server_default=""),
+    )
+    op.create_table(
+        "training_job_nodes",
+        sa.Column("job_id", sa.String(32), sa.ForeignKey("training_jobs.job_id"), nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("node_rank", sa.Integer, nullable=False),
+        sa.Column("worker_id", sa.String(200), nullable=False),
+        sa.Column("joined_at", _TS, nullable=False),
+        sa.Column("heartbeat_at", _TS, nullable=False),
+        sa.PrimaryKeyConstraint("job_id", "attempt", "node_rank"),
+    )
+
+
 TRAINER_MIGRATIONS = [
     Migration("0001_training_jobs_and_progress", _m0001),
     Migration("0002_training_jobs_correlation_id", _m0002),
     Migration("0003_training_jobs_processes", _m0003),
+    Migration("0004_training_jobs_nodes", _m0004),
 ]

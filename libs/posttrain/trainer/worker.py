@@ -21,6 +21,13 @@ A run:
      (directly: a progress tick changes no state that must survive); a heartbeat thread
      keeps the job alive through downloads, model loading and uploads. A worker takes
      only jobs of at most `max_processes` processes.
+     A job of N > 1 nodes runs as a gang of N workers (JobBook.join_gang): the worker
+     that claims it is node 0 and the rendezvous host (`node_address`); it waits up to
+     `gang_timeout_s` for N-1 idle workers to take the other seats, then every node runs
+     torchrun with its node rank. Sharded checkpoints are staged in `shared_dir`, a
+     folder every node sees (a ReadWriteMany volume on Kubernetes); a worker without one
+     takes no multi-node job. A seat that goes (its worker stopped or died) hands the job
+     back at the next step boundary, checkpointed, and a new gang resumes it.
   2. publish adapter/ or model/, merged/ (if asked) and report/ as folder artifacts, then
      record SUCCEEDED with training.completed (one transaction, outbox).
 A failure of the training itself is FAILED with training.failed, not retried: the same
@@ -38,7 +45,9 @@ import logging
 import os
 import re
 import shutil
+import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +77,7 @@ from posttrain.trainer.checkpoints import (
 from posttrain.trainer.jobs import (
     Claim,
     Completion,
+    GangSeat,
     JobBook,
     LostOwnership,
     dataset_ref,
@@ -87,8 +97,14 @@ from posttrain.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
+
+class GangIncomplete(Exception):
+    """Fewer workers than a multi-node job needs joined it in time (retryable)."""
+
+
 # Errors of the infrastructure rather than of the job: training.failed says retryable.
 RETRYABLE_ERRORS = (
+    GangIncomplete,
     EndpointUnreachable,
     CredentialsRefused,
     BucketMissing,
@@ -132,6 +148,11 @@ class WorkerOptions:
     # A job of several processes still running this long after its cancel is terminated.
     cancel_grace_s: float | None = 300.0
     producer_name: str = "trainer"  # in the envelopes of the events it stages
+    # Multi-node jobs: a folder every worker node sees (None: it takes none), the address
+    # other nodes reach this one at, and how long a leader waits for its gang.
+    shared_dir: Path | None = None
+    node_address: str = "127.0.0.1"
+    gang_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.stale_after_s <= 2 * self.heartbeat_interval_s:
@@ -169,6 +190,7 @@ class _Attempt:
     attempt: int
     lost: threading.Event = dataclasses.field(default_factory=threading.Event)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    gang_broken: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @property
     def job_id(self) -> str:
@@ -246,12 +268,35 @@ class TrainingWorker:
         """Claim the next job and run it to its end; its id, or None if there was none."""
         if self._stopping.is_set():
             return None
+        options = self.options
+        multi_node = options.shared_dir is not None
+        rendezvous = f"{options.node_address}:{_free_port()}" if multi_node else ""
         with session_scope(self.engine) as session:
-            claim = JobBook(session).claim_next(
-                self.worker_id,
-                stale_after_s=self.options.stale_after_s,
-                max_processes=self.options.max_processes,
-            )
+            book = JobBook(session)
+            # Seats of a gang first: a leader waiting for its nodes holds workers idle.
+            seat = None
+            if multi_node:
+                seat = book.join_gang(
+                    self.worker_id,
+                    stale_after_s=options.stale_after_s,
+                    max_processes=options.max_processes,
+                )
+            claim = None
+            if seat is None:
+                claim = book.claim_next(
+                    self.worker_id,
+                    stale_after_s=options.stale_after_s,
+                    max_processes=options.max_processes,
+                    max_nodes=None if multi_node else 1,
+                )
+            if claim is not None and claim.outcome == "run" and claim.job.nodes > 1:
+                # In the claim's transaction: no worker sees the job led without an address.
+                book.set_rendezvous(claim.job.job_id, self.worker_id, claim.attempt, rendezvous)
+                session.refresh(claim.job)
+        if seat is not None:
+            with correlation_scope(seat.job.correlation_id or None):
+                self._run_seat(seat)
+            return seat.job.job_id
         if claim is None:
             return None
         self.run_claimed(claim)
@@ -369,7 +414,7 @@ class TrainingWorker:
                 "dataset": job.dataset,
             },
         )
-        if job.processes > 1:
+        if job.processes > 1 or job.nodes > 1:
             outcome = self._run_processes(run, config, data_dir / "train.jsonl", eval_rows, out)
             if outcome.result is None:
                 return self._stopped(run, outcome)
@@ -399,10 +444,12 @@ class TrainingWorker:
         return _Outcome("completed", result, refs, kind)
 
     def _stopped(self, run: _Attempt, outcome: _Outcome) -> _Outcome:
-        """A run that stopped before its end: cancelled, or interrupted by stop()."""
+        """A run that stopped before its end: cancelled, or interrupted by stop() or by a
+        node of its gang that went (handed back, to resume with a new gang)."""
         if run.lost.is_set():
             raise LostOwnership(run.job_id, self.worker_id, run.attempt)
-        outcome.status = "interrupted" if self._stopping.is_set() else "cancelled"
+        interrupted = self._stopping.is_set() or run.gang_broken.is_set()
+        outcome.status = "interrupted" if interrupted else "cancelled"
         return outcome
 
     def _run_processes(
@@ -424,15 +471,32 @@ class TrainingWorker:
             last_step = event.step
             self._on_progress(run, event)
 
+        nodes = run.job.nodes
+
         def should_cancel() -> bool:
             stop = self._should_cancel(run)
             if run.lost.is_set():
                 (out / FENCE_FILE).touch()
+            if nodes > 1 and not stop and not self._gang_complete(run):
+                run.gang_broken.set()
+                return True
             return stop
 
         out.mkdir(parents=True, exist_ok=True)
         log_file = out / "torchrun.log"
         env = launch_env(run.job_id, self.options.checkpoint_keep_last, self.s3)
+        gang: dict = {}
+        if nodes > 1:
+            if not self._wait_for_gang(run):
+                return _Outcome("cancelled", None)
+            host, port = run.job.rendezvous.rsplit(":", 1)
+            gang = dict(
+                nnodes=nodes,
+                node_rank=0,
+                master_addr=host,
+                master_port=int(port),
+                staging=self._gang_staging(run.job_id, run.attempt),
+            )
         launched = launch(
             config,
             train,
@@ -445,14 +509,119 @@ class TrainingWorker:
             cancel_grace_s=self.options.cancel_grace_s,
             env={**os.environ, **env},
             output=log_file,
+            **gang,
         )
         if launched.status == "failed":
             if run.lost.is_set():
                 raise LostOwnership(run.job_id, self.worker_id, run.attempt)
-            raise _launch_failure(run.job.processes, launched.returncode, log_file)
+            if nodes > 1 and not self._gang_complete(run):  # a node died: resume elsewhere
+                run.gang_broken.set()
+                return _Outcome("cancelled", None, last_step=last_step)
+            raise _launch_failure(run.job.processes * nodes, launched.returncode, log_file)
         if launched.returncode != 0:  # terminated after its cancel: no report
             return _Outcome("cancelled", None, last_step=last_step)
         return _Outcome(launched.status, _launched_result(launched.report_path))
+
+    # ------------------------------------------------------------------ multi-node gangs
+
+    def _gang_staging(self, job_id: str, attempt: int) -> Path:
+        assert self.options.shared_dir is not None
+        return self.options.shared_dir / job_id / f"attempt-{attempt}" / "checkpoint-staging"
+
+    def _gang_complete(self, run: _Attempt) -> bool:
+        try:
+            with Session(self.engine) as session:
+                seats = JobBook(session).gang(
+                    run.job_id, run.attempt, stale_after_s=self.options.stale_after_s
+                )
+        except SQLAlchemyError:  # can't tell: the heartbeat decides whether we go on
+            return True
+        return len(seats) == run.job.nodes - 1
+
+    def _wait_for_gang(self, run: _Attempt) -> bool:
+        """Wait until every other seat of the attempt is taken; False if the run must stop
+        first (cancel, stop, lost), GangIncomplete after gang_timeout_s."""
+        deadline = time.monotonic() + self.options.gang_timeout_s
+        while not self._gang_complete(run):
+            if self._should_cancel(run):
+                return False
+            if time.monotonic() > deadline:
+                raise GangIncomplete(
+                    f"job {run.job_id} needs {run.job.nodes} worker nodes; fewer joined within "
+                    f"{self.options.gang_timeout_s:.0f}s (workers take multi-node jobs only with "
+                    "a shared_dir, and only jobs of at most their max_processes per node)"
+                )
+            time.sleep(min(self.options.scan_interval_s, 1.0))
+        log.info("job %s attempt %d: all %d nodes joined", run.job_id, run.attempt, run.job.nodes)
+        return True
+
+    def _run_seat(self, seat: GangSeat) -> None:
+        """Node `seat.node_rank` of a multi-node job: torchrun with that node rank against
+        the leader's rendezvous, until the run ends or the attempt is over. It records
+        nothing: node 0 reports progress and the outcome. On stop() the seat is given up at
+        once, so node 0 checkpoints and hands the job back."""
+        job, attempt = seat.job, seat.attempt
+        log.info("worker %s joins job %s attempt %d as node %d of %d",
+                 self.worker_id, job.job_id, attempt, seat.node_rank, job.nodes)  # fmt: skip
+        run = _Attempt(job, attempt)
+        beat = threading.Thread(target=self._seat_heartbeat, args=(seat, run), daemon=True)
+        beat.start()
+        out = self.options.work_dir / job.job_id / f"attempt-{attempt}-node-{seat.node_rank}"
+        try:
+            config = TrainingJobConfig.from_yaml(job.config_yaml)
+            base_dir = self.cache.get(weights_ref(job), "models")
+            data_dir = self.cache.get(dataset_ref(job), "datasets")
+            config = dataclasses.replace(config, base_model=str(base_dir))
+            eval_file = data_dir / "eval.jsonl"
+            host, port = job.rendezvous.rsplit(":", 1)
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            env = launch_env(job.job_id, self.options.checkpoint_keep_last, self.s3)
+            launched = launch(
+                config,
+                data_dir / "train.jsonl",
+                eval_file if eval_file.is_file() else None,
+                out,
+                nproc_per_node=job.processes,
+                nnodes=job.nodes,
+                node_rank=seat.node_rank,
+                master_addr=host,
+                master_port=int(port),
+                checkpoint_store=STORE_FACTORY,
+                staging=self._gang_staging(job.job_id, attempt),
+                should_cancel=run.lost.is_set,  # the attempt is over: node 0 is gone
+                cancel_grace_s=0.0,
+                env={**os.environ, **env},
+                output=out / "torchrun.log",
+            )
+            log.info("node %d of job %s attempt %d: %s (exit %d)",
+                     seat.node_rank, job.job_id, attempt, launched.status,
+                     launched.returncode)  # fmt: skip
+        except Exception:  # noqa: BLE001 - node 0 sees the gang broken and hands the job back
+            log.exception(
+                "node %d of job %s attempt %d failed", seat.node_rank, job.job_id, attempt
+            )
+        finally:
+            run.done.set()
+            beat.join()
+            shutil.rmtree(out, ignore_errors=True)
+
+    def _seat_heartbeat(self, seat: GangSeat, run: _Attempt) -> None:
+        while not run.done.wait(self.options.heartbeat_interval_s):
+            try:
+                with session_scope(self.engine) as session:
+                    book = JobBook(session)
+                    if self._stopping.is_set():
+                        book.leave_gang(seat, self.worker_id)
+                        return
+                    book.seat_heartbeat(seat, self.worker_id)
+            except LostOwnership:
+                log.warning("job %s attempt %d is over; node %d stops",
+                            seat.job.job_id, seat.attempt, seat.node_rank)  # fmt: skip
+                run.lost.set()
+                return
+            except Exception:  # noqa: BLE001 - keep beating through a brief DB outage
+                log.warning("seat heartbeat of job %s failed", seat.job.job_id, exc_info=True)
 
     def _publish(self, run: _Attempt, result: TrainingResult) -> tuple[list[ArtifactRef], str]:
         """Every artifact under models/<tenant>/<output>/<job>/attempt-<n>/<kind>: names
@@ -563,6 +732,13 @@ class TrainingWorker:
                 return
             except Exception:  # noqa: BLE001 - keep beating through a brief DB outage
                 log.warning("heartbeat of job %s failed", run.job_id, exc_info=True)
+
+
+def _free_port() -> int:
+    """A TCP port free on this host now, for a rendezvous this worker may host."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
 
 
 def _launched_result(report_path: Path) -> TrainingResult:

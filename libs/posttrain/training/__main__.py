@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         help="MODULE:FACTORY called as FACTORY(out) for the CheckpointStore "
         "(default: LocalCheckpointStore(OUT/checkpoints, keep_last=2))",
     )
+    parser.add_argument(
+        "--checkpoint-staging",
+        type=Path,
+        default=None,
+        help="where every rank writes sharded checkpoints: a folder all ranks see "
+        "(default: OUT/checkpoint-staging; a shared volume when ranks span nodes)",
+    )
     args = parser.parse_args(argv)
     main_rank = os.environ.get("RANK", "0") == "0"  # torchrun sets RANK
 
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         _checkpoint_store(args.checkpoint_store, args.out),
         progress=progress,
         should_cancel=(lambda: cancel_file.exists()) if cancel_file is not None else None,
+        checkpoint_staging=args.checkpoint_staging,
     )
     # torchrun takes a rank's non-zero exit for a failure and stops the others; there a
     # cancel is read from the report (distributed.launch does).

@@ -392,8 +392,8 @@ def torchrun_command(
     """`python -m torch.distributed.run ... -m posttrain.training CONFIG --train ... --out ...`.
 
     One node: --standalone (a free local rendezvous). Several nodes: every node runs the
-    same command with its own node_rank and the address of node 0 (static rendezvous);
-    `out` must then be a volume all nodes share (sharded checkpoints are staged there)."""
+    same command with its own node_rank and the address of node 0 (static rendezvous),
+    and a folder all nodes share for sharded checkpoints (launch's `staging`)."""
     if nproc_per_node < 1 or nnodes < 1:
         raise ValueError(f"nproc_per_node and nnodes must be >= 1: {nproc_per_node}, {nnodes}")
     command = [python, "-m", "torch.distributed.run"]
@@ -418,6 +418,7 @@ def torchrun_command(
 @dataclass
 class LaunchResult:
     status: str  # "completed" | "cancelled" (from the report, or stopped) | "failed"
+    # | "ended": a node other than 0 whose ranks exited cleanly (it has no report)
     returncode: int  # torchrun's
     report_path: Path  # training_report.json (written by rank 0 when not failed)
     command: list[str]
@@ -435,6 +436,7 @@ def launch(
     master_addr: str | None = None,
     master_port: int = 29500,
     checkpoint_store: str | None = None,
+    staging: Path | None = None,
     progress: Callable[[Any], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     cancel_grace_s: float | None = None,
@@ -451,7 +453,10 @@ def launch(
     its ranks are terminated: "cancelled" too, with no new checkpoint. An exception out of
     `progress` or `should_cancel` terminates them as well, then propagates. `checkpoint_store` is "module:factory", called as
     factory(out) in each process to build the CheckpointStore (default:
-    LocalCheckpointStore(OUT/checkpoints)). torchrun's stdout and stderr (every rank's)
+    LocalCheckpointStore(OUT/checkpoints)). `staging`: where sharded checkpoints are
+    written, a folder every rank of every node sees (default OUT/checkpoint-staging). On
+    nodes other than 0 nothing is reported: `progress` and the report are rank 0's, and a
+    cancel reaches rank 0 through node 0's OUT/CANCEL. torchrun's stdout and stderr (every rank's)
     are appended to `output` if given, else go to this process's."""
     from posttrain.training.engine import ProgressEvent
 
@@ -465,6 +470,8 @@ def launch(
     extra = ["--progress-file", str(progress_file), "--cancel-file", str(cancel_file)]
     if checkpoint_store:
         extra += ["--checkpoint-store", checkpoint_store]
+    if staging is not None:
+        extra += ["--checkpoint-staging", str(staging)]
     command = torchrun_command(
         config_file,
         train,
@@ -510,8 +517,10 @@ def launch(
             raise
     report = out / "report" / "training_report.json"
     status = "cancelled" if stopped else "failed"
-    if process.returncode == 0:  # the report was (re)written by this run
+    if process.returncode == 0 and node_rank == 0:  # the report was (re)written by this run
         status = json.loads(report.read_text())["status"]
+    elif process.returncode == 0:  # another node's: rank 0's report says how the run ended
+        status = "ended"
     return LaunchResult(status, process.returncode, report, command)
 
 

@@ -290,6 +290,7 @@ def run_training(
     progress: Callable[[ProgressEvent], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     lineage: Lineage | None = None,
+    checkpoint_staging: str | Path | None = None,
 ) -> TrainingResult:
     """Train `config.method` on `config.base_model`; resume from the store's latest
     checkpoint when there is one (same config and data required).
@@ -313,6 +314,7 @@ def run_training(
         return _train(
             config, train_rows, eval_rows, Path(output_dir), checkpoint_store, progress,
             should_cancel, lineage, runtime, ranks,
+            Path(checkpoint_staging) if checkpoint_staging else None,
         )  # fmt: skip
 
 
@@ -327,10 +329,13 @@ def _train(
     lineage: Lineage | None,
     runtime: Runtime,
     ranks: Ranks,
+    staging: Path | None,
 ) -> TrainingResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     store = checkpoint_store or LocalCheckpointStore(output_dir / "checkpoints")
-    staging = output_dir / "checkpoint-staging"  # sharded checkpoints: seen by every rank
+    # Sharded checkpoints are written there by every rank: a folder all ranks see (the
+    # output folder on one node; a shared volume when ranks span nodes).
+    staging = staging or output_dir / "checkpoint-staging"
     spec = get_method(config.method)
     method_config = spec.parse_config(config.method_config)
     check_supported(spec, ranks)

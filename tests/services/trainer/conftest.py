@@ -186,9 +186,10 @@ class TrainerEnv:
         assert job.state in states, f"job {job_id} is {job.state}: {job.error}"
         return job
 
-    def start_worker(self, name: str, max_processes: int = 1) -> WorkerRuntime:
+    def start_worker(self, name: str, max_processes: int = 1, **options: object) -> WorkerRuntime:
         """A training worker in this process, once its producer and relay are up; it takes
-        jobs of up to `max_processes` processes (CPU processes over gloo here)."""
+        jobs of up to `max_processes` processes (CPU processes over gloo here). `options`:
+        more WorkerOptions (shared_dir for multi-node jobs...)."""
         options = WorkerOptions(
             worker_id=name,
             cache_dir=self.tmp / "cache",
@@ -197,6 +198,7 @@ class TrainerEnv:
             stale_after_s=3.0,
             scan_interval_s=0.3,
             max_processes=max_processes,
+            **options,
         )
         runtime = WorkerRuntime(self.settings, self.engine, store=self.store, options=options)
         self.workers.append(runtime.start())

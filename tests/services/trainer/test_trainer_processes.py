@@ -148,7 +148,8 @@ def test_cancel_a_running_two_process_job(sqlite_trainer):
         ({"processes": -1}, common_pb2.TUNING_METHOD_LORA, "resources.processes", "negative"),
         ({"processes": 9}, common_pb2.TUNING_METHOD_LORA, "resources.processes", "more than"),
         ({"processes": 2}, common_pb2.TUNING_METHOD_PREFIX, "resources.processes", "one process"),
-        ({"nodes": 2}, common_pb2.TUNING_METHOD_LORA, "resources.nodes", "one worker node"),
+        ({"nodes": 2}, common_pb2.TUNING_METHOD_LORA, "resources.nodes", "max_job_nodes"),
+        ({"nodes": -1}, common_pb2.TUNING_METHOD_LORA, "resources.nodes", "negative"),
     ],
 )
 def test_resources_a_worker_cannot_run_are_refused(sqlite_trainer, resources, method, field, words):
