@@ -4,9 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup proto test test-fast demo up down status lint lock bench clean
+.PHONY: setup proto browser test test-fast demo up down status lint lock bench clean console
 
-setup: $(STAMP) proto
+setup: $(STAMP) proto browser
 
 # Installs pinned dependencies (requirements.lock) then the project itself, editable.
 $(STAMP): pyproject.toml requirements.lock
@@ -21,6 +21,13 @@ $(STAMP): pyproject.toml requirements.lock
 proto: $(STAMP)
 	$(BIN)/python -m posttrain.protogen
 
+# Debian's chromium and its driver, for the web console's browser tests (tests/services/console).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver || \
+	  ( $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver )
+
 test: setup
 	$(BIN)/python -m pytest
 
@@ -32,6 +39,10 @@ demo: setup
 
 up: setup
 	$(BIN)/posttrain stack up
+
+# The web console against services on their default ports (see README: Web console).
+console: setup
+	$(BIN)/posttrain console
 
 down:
 	$(BIN)/posttrain stack down
