@@ -64,6 +64,7 @@ from posttrain.rpc import (
 from posttrain.rpc.paging import page_bounds, page_response
 from posttrain.rpc.server import AddServicerFn
 from posttrain.storage import ArtifactStore
+from posttrain.storage.keys import check_segment
 from posttrain.v1 import evaluation_pb2, evaluation_pb2_grpc
 from services.evaluator.handlers import on_model_registered
 from services.evaluator.lookups import GrpcRegistry, forwarded_credentials, own_credentials
@@ -199,7 +200,13 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
         caller = require_role(current_principal(), Role.OPERATOR)
         files: dict[str, bytes] = {}
         for i, file in enumerate(request.files):
-            if not file.path or "/" in file.path or file.path.startswith("."):
+            # The store's own rule too: a NUL, a backslash or a '..' in disguise would
+            # otherwise only fail deep in the upload, as an internal error.
+            try:
+                check_segment(file.path, f"files[{i}].path")
+            except ValueError as exc:
+                raise InvalidArgument(f"files[{i}].path", str(exc)) from None
+            if file.path.startswith("."):
                 raise InvalidArgument(
                     f"files[{i}].path", "a plain file name of the suite folder is required"
                 )

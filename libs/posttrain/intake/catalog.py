@@ -39,6 +39,7 @@ from posttrain.rpc.errors import (
     PermissionDenied,
 )
 from posttrain.storage import ArtifactExists, ArtifactRef, ArtifactStore
+from posttrain.storage.keys import check_segment
 from posttrain.v1 import common_pb2, events_pb2
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -474,6 +475,9 @@ class DatasetCatalog:
 
 
 def artifact_name(tenant: str, dataset: str, version: str) -> str:
+    # Each part one key segment, so no tenant or name can reach another's prefix.
+    for value, argument in ((tenant, "tenant"), (dataset, "dataset"), (version, "version")):
+        check_segment(value, argument)
     return f"datasets/{tenant}/{dataset}/{version}"
 
 

@@ -55,6 +55,7 @@ API_KEY_HEADER = "x-api-key"
 KEY_PREFIX = "pt_"
 _KEY_ID = re.compile(r"[a-z0-9]{4,32}")
 _MIN_SECRET_CHARS = 16
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class Role(StrEnum):
@@ -234,6 +235,15 @@ class ApiKeyStore:
             violations.append(FieldViolation("name", "must not be empty"))
         if not tenant.strip():
             violations.append(FieldViolation("tenant", "must not be empty"))
+        elif not TENANT_NAME.fullmatch(tenant):
+            # A tenant is a segment of object keys (datasets/<tenant>/...): no '/', no '..'.
+            violations.append(
+                FieldViolation(
+                    "tenant",
+                    f"{tenant[:120]!r} is not a valid tenant: use 1-100 of A-Z a-z 0-9 . _ - "
+                    "starting with a letter or digit",
+                )
+            )
         if not role_set:
             violations.append(FieldViolation("roles", f"at least one of {known}"))
         elif unknown := role_set - ROLES:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from urllib.parse import unquote
 
 BLOB_PREFIX = "blobs/sha256/"
 STAGING_PREFIX = "staging/"
@@ -39,6 +40,15 @@ def _name_problem(value: str) -> str | None:
         return "it has an empty path segment ('//' or a trailing '/')"
     if "." in segments or ".." in segments:
         return "it has a '.' or '..' path segment"
+    # What a proxy, a file-backed server or a later tool might turn into '/', '.' or
+    # '..': refused here rather than trusted to stay literal everywhere downstream.
+    for segment in segments:
+        for form, how in (
+            (unicodedata.normalize("NFKC", segment), "unicode-normalised"),
+            (unquote(segment), "url-decoded"),
+        ):
+            if form in (".", "..") or "/" in form or "\\" in form:
+                return f"the segment {segment!r} is {form!r} once {how}"
     if len(value.encode("utf-8")) > MAX_KEY_BYTES:
         return f"it is longer than {MAX_KEY_BYTES} bytes"
     return None
@@ -52,6 +62,15 @@ def check_relative_name(value: str, argument: str) -> str:
     problem = _name_problem(value)
     if problem:
         raise ValueError(f"{argument}={value!r} is not allowed: {problem}")
+    return value
+
+
+def check_segment(value: str, argument: str) -> str:
+    """Return `value` if it is one safe path segment (a tenant, a dataset name): a
+    relative name without '/'; else ValueError naming `argument`."""
+    check_relative_name(value, argument)
+    if "/" in value:
+        raise ValueError(f"{argument}={value!r} is not allowed: it contains '/'")
     return value
 
 
