@@ -23,6 +23,7 @@ from posttrain.evaluator import (
     metrics,
 )
 from posttrain.events import HandlerContext, PoisonEvent, ReceivedEvent
+from posttrain.faults import crash_point
 from posttrain.v1 import events_pb2
 
 
@@ -48,6 +49,7 @@ def on_model_registered(
         ),
         registry,
     )
+    crash_point("evaluator.mid_evaluation")  # evaluated, nothing recorded
     row, created = evaluator.record(
         ctx.session,
         lambda event_type, message, aggregate: ctx.emit(

@@ -44,6 +44,7 @@ from posttrain.events.outbox import add_to_outbox
 from posttrain.events.producer import EventProducer
 from posttrain.events.tables import ProcessedEvent
 from posttrain.events.topics import dlq_topic
+from posttrain.faults import crash_point
 from posttrain.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -351,6 +352,7 @@ class EventConsumer:
             started = time.perf_counter()
             try:
                 outcome = self._handle_in_transaction(handler, event, key)
+                crash_point("consumer.after_db_commit")  # handled, Kafka offset not committed
                 EVENT_HANDLE_SECONDS.labels(self.group_id, event.topic).observe(
                     time.perf_counter() - started
                 )

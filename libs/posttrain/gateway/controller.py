@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from posttrain.db import utcnow
 from posttrain.events import topics
+from posttrain.faults import crash_point
 from posttrain.gateway import metrics, names
 from posttrain.gateway.tables import (
     FAILED,
@@ -173,6 +174,7 @@ class DeploymentController:
             self._wait_for_triton()
             target = self._make_servable(session, request, kind)
             self._smoke(target)
+            crash_point("gateway.mid_deployment")  # loaded in Triton, nothing recorded
         except Exception as exc:  # noqa: BLE001 - any failure is answered, with its reason
             error = _reason(exc)
             log.warning("deployment %s failed: %s", request.deployment_id, error)
