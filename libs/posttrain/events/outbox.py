@@ -22,6 +22,7 @@ from posttrain.db import utcnow
 from posttrain.events import envelope as envelopes
 from posttrain.events.producer import EventProducer
 from posttrain.events.tables import OutboxEvent
+from posttrain.faults import crash_point
 from posttrain.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class OutboxRelay:
             rows = session.scalars(query).all()
             if not rows:
                 return 0
+            crash_point("outbox.before_publish")  # committed state, its events not sent
             futures = [
                 self.producer.send_raw(
                     row.topic,
@@ -125,6 +127,7 @@ class OutboxRelay:
             self.producer.flush()
             for fut in futures:
                 fut.get(timeout=30)  # raises if any send failed: nothing is marked
+            crash_point("outbox.after_publish")  # sent, not marked: sent again after restart
             now = utcnow()
             for row in rows:
                 row.published_at = now
@@ -148,7 +151,16 @@ class OutboxRelay:
             except Exception:  # noqa: BLE001 - keep relaying; the rows stay pending
                 log.exception("outbox relay pass failed; retrying in %.1fs", backoff)
                 backoff = min(backoff * 2, 10.0)
+                # A fresh producer id: a restarted broker may have forgotten the old one
+                # and refuse its writes for ever (EventProducer.reset).
+                self._reset_producer()
             self._stop.wait(backoff)
+
+    def _reset_producer(self) -> None:
+        try:
+            self.producer.reset()
+        except Exception:  # noqa: BLE001 - broker still away: the next pass tries again
+            log.warning("could not make a new producer", exc_info=True)
 
     def start(self) -> OutboxRelay:
         self._thread = threading.Thread(target=self.run, name="outbox-relay", daemon=True)
