@@ -10,6 +10,8 @@ A principal sees only its own tenant's datasets.
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session
 from posttrain.data.config import DataFormat, InvalidRowPolicy, RowSchema
 from posttrain.db import apply_migrations, session_scope
 from posttrain.events import EVENTS_MIGRATIONS, EventRuntime, add_to_outbox, topics
+from posttrain.faults import crash_point
 from posttrain.intake import (
     INTAKE_MIGRATIONS,
     STATE_TO_PROTO,
@@ -60,6 +63,8 @@ _POLICIES = {
     intake_pb2.INVALID_ROW_POLICY_DROP_INVALID: InvalidRowPolicy.DROP_INVALID,
 }
 
+log = logging.getLogger(__name__)
+
 
 class IntakeServicer(intake_pb2_grpc.IntakeServiceServicer):
     def __init__(
@@ -92,11 +97,13 @@ class IntakeServicer(intake_pb2_grpc.IntakeServiceServicer):
             recorded = self.catalog.record(
                 session, _outbox_emit(session), prepared, uploaded_by=principal.name
             )
-            return intake_pb2.UploadDatasetResponse(
+            answer = intake_pb2.UploadDatasetResponse(
                 version=version_proto(recorded.dataset, recorded.row),
                 report=_report(recorded.row),
                 already_existed=recorded.already_existed,
             )
+        crash_point("intake.upload.after_commit")  # committed, the client not answered
+        return answer
 
     def _token_counter(self, base_model: str, context):
         """The named base model's tokenizer, asked of the registry as the caller."""
@@ -311,11 +318,19 @@ def build_catalog(settings: IntakeSettings) -> DatasetCatalog:
     # No bucket check here: the service must start (and report health) while S3 is still
     # coming up; the catalog makes sure of the bucket on first use.
     store = ArtifactStore.from_settings(settings.s3)
+    spool = settings.spool_dir or str(Path(settings.state_dir) / "spool")
+    remove_spool_leftovers(spool)
     return DatasetCatalog(
-        store,
-        spool_dir=settings.spool_dir or str(Path(settings.state_dir) / "spool"),
-        auto_approve_unregulated=settings.auto_approve_unregulated,
+        store, spool_dir=spool, auto_approve_unregulated=settings.auto_approve_unregulated
     )
+
+
+def remove_spool_leftovers(spool_dir: str) -> None:
+    """Uploads in flight when the process was killed leave their temporary folders (as
+    big as the files); the spool is this process's own, so at start they are garbage."""
+    for leftover in Path(spool_dir).glob("upload-*"):
+        log.info("removing %s, left by an upload the last process did not finish", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def register(settings: IntakeSettings, engine: Engine) -> list[tuple[AddServicerFn, object]]:

@@ -13,7 +13,9 @@ class IntakeSettings(RpcServiceSettings):
         "always wait for a second person (four eyes)",
     )
     spool_dir: str = Field(
-        "", description="temporary files of uploads in flight; empty = <state_dir>/spool"
+        "",
+        description="temporary files of uploads in flight; empty = <state_dir>/spool. One per "
+        "process: what a killed process left there is removed at start",
     )
     registry_target: str = Field(
         "127.0.0.1:50054",
