@@ -119,7 +119,8 @@ def require_role(principal: Principal | None, *roles: str) -> Principal:
         raise Unauthenticated()
     if principal.has_role(*roles):
         return principal
-    wanted = " or ".join(repr(r) for r in roles)
+    # str(): a Role member's repr is "<Role.OPERATOR: 'operator'>", not what a person reads.
+    wanted = " or ".join(repr(str(r)) for r in roles)
     held = ", ".join(sorted(principal.roles)) or "none"
     raise PermissionDenied(f"{principal.name!r} needs role {wanted} (has: {held})")
 

@@ -24,7 +24,7 @@ from posttrain.rpc import (
     require_role,
     seed_bootstrap_admin_key,
 )
-from posttrain.rpc.auth import key_from_metadata, parse_key
+from posttrain.rpc.auth import Role, key_from_metadata, parse_key
 
 
 @pytest.fixture
@@ -133,6 +133,9 @@ def test_require_role():
     assert require_role(viewer, "approver", "uploader") is viewer  # any of them
     with pytest.raises(PermissionDenied, match="'ann' needs role 'approver'"):
         require_role(viewer, "approver")
+    # Role members read as their names, as a person (and the web console) shows them.
+    with pytest.raises(PermissionDenied, match=r"needs role 'operator' or 'trainer' \(has"):
+        require_role(viewer, Role.OPERATOR, Role.TRAINER)
     admin = Principal("root", frozenset({"admin"}), "acme")
     assert require_role(admin, "approver") is admin  # admin implies every role
     with pytest.raises(Unauthenticated):
