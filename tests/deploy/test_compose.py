@@ -12,6 +12,7 @@ import fnmatch
 import importlib
 import importlib.util
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -218,7 +219,9 @@ def _settings_classes() -> list[type[config.ServiceSettings]]:
         cls = todo.pop()
         found.append(cls)
         todo.extend(cls.__subclasses__())
-    return found
+    from services.console.settings import ConsoleSettings  # the web console: no gRPC server
+
+    return [*found, ConsoleSettings]
 
 
 def env_names(cls: type[BaseSettings]) -> set[str]:
@@ -736,3 +739,23 @@ def test_grpc_healthcheck_module_exists_once_the_rpc_package_does():
     if importlib.util.find_spec("posttrain.rpc") is None:
         pytest.skip("posttrain.rpc is not written yet")
     assert importlib.util.find_spec("posttrain.rpc.healthcheck"), "posttrain.rpc.healthcheck"
+
+
+def test_console_reaches_every_service_and_holds_no_credentials(monkeypatch):
+    from services.console.settings import ConsoleSettings
+
+    console = services()["console"]
+    assert command_args(console) == ["python", "-m", "services.console"]
+    for key in list(os.environ):
+        if key.startswith("POSTTRAIN_"):
+            monkeypatch.delenv(key)
+    for key, value in environment("console").items():
+        monkeypatch.setenv(key, value)
+    settings = ConsoleSettings()
+    assert settings.host == "0.0.0.0"
+    for name, port in config.SERVICE_PORTS.items():
+        assert getattr(settings, f"{name}_target") == f"{name}:{port}"
+    assert "POSTTRAIN_CONSOLE_SECRET_KEY" in required_variables()
+    # People sign in with their own keys: the console gets no key, password or S3 secret.
+    held = set(environment("console"))
+    assert not held & {"PGPASSWORD", "POSTTRAIN_S3_SECRET_KEY", "POSTTRAIN_BOOTSTRAP_ADMIN_KEY"}

@@ -6,6 +6,7 @@ import click
 
 from posttrain import __version__
 from posttrain.cli.compare import compare
+from posttrain.cli.console import console
 from posttrain.cli.datasets import datasets
 from posttrain.cli.demo import demo
 from posttrain.cli.eval import eval_
@@ -31,6 +32,7 @@ cli.add_command(train)
 cli.add_command(serve)
 cli.add_command(experiments)
 cli.add_command(compare)
+cli.add_command(console)
 
 
 def main() -> None:
