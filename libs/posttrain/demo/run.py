@@ -15,11 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -41,8 +37,8 @@ from posttrain.demo import dataset, users
 from posttrain.demo.report import DemoReport, write_report
 from posttrain.events import EventProducer, ensure_topics, topics
 from posttrain.rpc import AUTH_MIGRATIONS, ApiKeyStore, make_channel
-from posttrain.rpc.healthcheck import check
 from posttrain.stack import LocalStack, StackPorts
+from posttrain.stack.services import SERVICES, ServiceProcesses, ServiceStartError
 from posttrain.storage import ArtifactRef, ArtifactStore
 from posttrain.v1 import (
     common_pb2,
@@ -59,7 +55,6 @@ from posttrain.v1 import (
 )
 
 console = Console()
-SERVICES = ("intake", "registry", "trainer", "evaluator", "gateway")
 BASE_MODEL = "smollm2-135m-instruct"
 DATASET = "acme-support"
 MODEL_NAME = "support-bot"
@@ -104,7 +99,7 @@ class DemoOutcome:
 class Demo:
     config: DemoConfig
     stack: LocalStack | None = None
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    services: ServiceProcesses | None = None
     ports: dict[str, int] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
@@ -154,74 +149,37 @@ class Demo:
     def start_services(self) -> None:
         self.step("2. services: intake, registry, trainer (+ worker), evaluator, gateway")
         self.create_keys()
+        self.services = ServiceProcesses(
+            self.stack,
+            self.config.state_dir,
+            common_env={
+                "POSTTRAIN_AUTH_DB_URL": self.auth_db,
+                "POSTTRAIN_REGISTRY_API_KEY": self.keys["admin"],
+                "POSTTRAIN_MAX_CASES_PER_TAG": str(self.config.eval_cases_per_tag),
+                "POSTTRAIN_KAFKA_SESSION_TIMEOUT_MS": "6000",
+                "POSTTRAIN_LOG_FORMAT": "json",
+                # The walkthrough's A/B test is small: a verdict after this many records per arm.
+                "POSTTRAIN_EXPERIMENT_MIN_SAMPLE": str(self.config.ab_min_sample),
+            },
+        )
+        self.ports, self.metrics_ports = self.services.ports, self.services.metrics_ports
         for name in SERVICES:
-            self.ports[name] = _free_port()
-            self.metrics_ports[name] = _free_port()
-        common = {
-            **os.environ,
-            **self.stack.service_env(),
-            "POSTTRAIN_AUTH_DB_URL": self.auth_db,
-            "POSTTRAIN_INTAKE_TARGET": f"127.0.0.1:{self.ports['intake']}",
-            "POSTTRAIN_REGISTRY_TARGET": f"127.0.0.1:{self.ports['registry']}",
-            "POSTTRAIN_REGISTRY_API_KEY": self.keys["admin"],
-            "POSTTRAIN_TRITON_MODEL_REPOSITORY": str(self.stack.triton_model_repository),
-            "POSTTRAIN_MAX_CASES_PER_TAG": str(self.config.eval_cases_per_tag),
-            "POSTTRAIN_KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "POSTTRAIN_LOG_FORMAT": "json",
-            # The walkthrough's A/B test is small: a verdict after this many records per arm.
-            "POSTTRAIN_EXPERIMENT_MIN_SAMPLE": str(self.config.ab_min_sample),
-            "PYTHONUNBUFFERED": "1",
-        }
-        logs = self.config.state_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+            self.services.start(name)
         for name in SERVICES:
-            env = {
-                **common,
-                "POSTTRAIN_STATE_DIR": str(self.config.state_dir / name),
-                "POSTTRAIN_GRPC_PORT": str(self.ports[name]),
-                "POSTTRAIN_METRICS_PORT": str(self.metrics_ports[name]),
-            }
-            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        for name in SERVICES:
-            _wait(
-                lambda n=name: self._healthy(n),
-                120,
-                f"{name} did not become healthy; see {logs / (name + '.log')}",
-            )
+            log = self.services.log_path(name)
+            try:
+                self.services.wait_healthy([name], timeout_s=120)
+            except ServiceStartError as exc:
+                raise DemoError(str(exc)) from None
             self.note(
                 name,
                 f"127.0.0.1:{self.ports[name]}, metrics "
-                f"http://127.0.0.1:{self.metrics_ports[name]}/metrics, log {logs / (name + '.log')}",
+                f"http://127.0.0.1:{self.metrics_ports[name]}/metrics, log {log}",
             )
-
-    def _healthy(self, name: str) -> bool:
-        proc = self.procs[name]
-        if proc.poll() is not None:
-            raise DemoError(
-                f"{name} exited with code {proc.returncode}; "
-                f"see {self.config.state_dir / 'logs' / (name + '.log')}"
-            )
-        try:
-            return check(f"127.0.0.1:{self.ports[name]}", timeout=1.0) == "SERVING"
-        except Exception:  # noqa: BLE001 - not up yet
-            return False
 
     def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        if self.services is not None:
+            self.services.stop()
         if self.stack is not None:
             self.stack.down()
 
@@ -700,12 +658,6 @@ def _scrape(port: int) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(probe: Callable[[], object], timeout_s: float, message: str):
