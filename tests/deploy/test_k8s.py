@@ -20,6 +20,7 @@ import base64
 import copy
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -1183,3 +1184,36 @@ def test_secret_keys_are_exactly_those_the_pods_use(overlay):
                 assert not ref.get("optional"), f"{item['name']}: a missing key must fail"
                 used.add(ref["key"])
     assert used == set(secret_values(overlay)), "secret template and pods disagree"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_console_reaches_every_service_over_the_cluster_and_holds_no_credentials(
+    overlay, monkeypatch
+):
+    from services.console.settings import ConsoleSettings
+
+    objects = render(overlay)
+    deployment = find(objects, "Deployment", "console")
+    container = main_container(deployment)
+    assert container["command"] == ["python", "-m", "services.console"]
+    env = container_env(overlay, container)
+    for key in list(os.environ):
+        if key.startswith("POSTTRAIN_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = ConsoleSettings()
+    assert settings.host == "0.0.0.0" and len(settings.secret_key) >= 16
+    for name, port in config.SERVICE_PORTS.items():
+        assert getattr(settings, f"{name}_target") == f"{name}:{port}"
+    # People sign in with their own API keys: no database, S3 or admin credentials here.
+    assert set(env) - {k for k in env if k.startswith("POSTTRAIN_CONSOLE_")} == {
+        "POSTTRAIN_LOG_LEVEL",
+        "POSTTRAIN_LOG_FORMAT",
+    }
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": settings.port}
+    service = find(objects, "Service", "console")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
