@@ -6,9 +6,9 @@ service_main runs) is built and the event runtimes it returns say which topics i
 consumes. Every (service, topic) pair must have a case in CASES, so a new consumer fails
 `test_every_declared_subscription_has_a_case` until it gets one. For each pair:
 
-- poison: bytes that are not an envelope, then a well-formed envelope of the wrong event
-  type, each go to <topic>.dlq once with the reason, and the consumer goes on (the valid
-  event sent after them is handled);
+- poison: bytes that are not an envelope, a well-formed envelope of the wrong event
+  type and broken JSON labelled as JSON each go to <topic>.dlq once with the reason, and
+  the consumer goes on (the valid event sent after them is handled);
 - duplicate: a valid event with a visible effect (rows, outbox events, a worker's
   doorbell) delivered twice with the same event id changes nothing the second time.
 
@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import re
 import sys
 import threading
 import time
@@ -463,6 +464,7 @@ def test_poison_goes_to_the_dlq_with_its_reason_and_the_consumer_goes_on(
     sub = bus.subscribers[service]
     key = f"poison-{uid()}"  # one key: one partition, so the records keep their order
     garbage = b"\x00\xffnot an envelope " + key.encode()
+    bad_json = b'{"event_id": "' + key.encode() + b'", unterminated'  # labelled JSON
     wrong = make_envelope(
         topics.DATASET_REJECTED,
         events_pb2.DatasetRejected(dataset="x", reason="wrong topic"),
@@ -474,6 +476,7 @@ def test_poison_goes_to_the_dlq_with_its_reason_and_the_consumer_goes_on(
 
     bus.send(topic, key, garbage)
     bus.send(topic, key, wrong_value, wrong_headers)
+    bus.send(topic, key, bad_json, [("content-type", b"application/json")])
     bus.send(topic, valid.key, valid.value, valid.headers)
 
     wait_for(
@@ -485,15 +488,17 @@ def test_poison_goes_to_the_dlq_with_its_reason_and_the_consumer_goes_on(
     assert processed(sub, wrong.event_id) == "dead_lettered"
 
     letters = wait_for(
-        "two dead letters", lambda: (ls := dead_letters(bus, topic, key)) and len(ls) >= 2 and ls
+        "three dead letters", lambda: (ls := dead_letters(bus, topic, key)) and len(ls) >= 3 and ls
     )
     by_value = {letter.original_value: letter for letter in letters}
-    assert len(letters) == 2 and set(by_value) == {garbage, wrong_value}
+    assert len(letters) == 3 and set(by_value) == {garbage, wrong_value, bad_json}
     for letter in letters:
         assert (letter.source_topic, letter.consumer_group) == (topic, sub.group_id)
         assert letter.error and letter.attempts == 1  # no retries for a poison event
     assert "not a posttrain envelope" in by_value[garbage].error
     assert CASES[pair].wrong_type_reason in by_value[wrong_value].error
+    # intake reads JSON (the public data.approved); the others only envelopes.
+    assert re.search("not valid JSON|not a posttrain envelope", by_value[bad_json].error)
     assert valid.value not in by_value
 
 
