@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 COOKIE = "posttrain_console"
-OPEN_PATHS = ("/login", "/static/", "/healthz")
+OPEN_PATHS = ("/login", "/static/", "/healthz", "/favicon.ico")
 
 HTTP_STATUS = {
     grpc.StatusCode.PERMISSION_DENIED: 403,
@@ -239,6 +239,10 @@ async def logout(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+async def no_favicon(request: web.Request) -> web.Response:
+    return web.Response(status=204)
 
 
 async def home(request: web.Request) -> web.Response:
@@ -717,6 +721,7 @@ def create_app(config: ConsoleConfig, backend: Backend | None = None) -> web.App
     app.on_cleanup.append(close_backend)
     app.router.add_static("/static/", HERE / "static")
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/favicon.ico", no_favicon)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)

@@ -50,6 +50,8 @@ def job_state(value: int) -> str:
 
 
 def verdict(value: int) -> str:
+    if value == common_pb2.GATE_VERDICT_UNSPECIFIED:
+        return "pending"  # no evaluation.completed yet
     return enum_name(common_pb2.GateVerdict, value, "GATE_VERDICT_")
 
 

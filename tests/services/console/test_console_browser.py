@@ -7,6 +7,9 @@ Screenshots of the main pages are saved (the folder is printed at the end)."""
 
 from __future__ import annotations
 
+import html
+import re
+
 import pytest
 from console_helpers import DATASET, MODEL_NAME, TENANT, wait_for
 from selenium.webdriver.common.by import By
@@ -28,13 +31,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 USE_CASE = "console-support"
 
 
+def error_banner(page: str) -> str:
+    """The text of the page's error banner ("" when it has none)."""
+    match = re.search(r'<div class="error" role="alert" id="error">(.*?)</div>', page, re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "", match.group(1))) if match else ""
+
+
 def test_sign_in_with_an_api_key(browser, fleet):
     browser.driver.delete_all_cookies()
     browser.open("/datasets")
     assert "/login" in browser.driver.current_url  # no page without a session
     browser.driver.find_element(By.ID, "api_key").send_keys("pt_nosuchkey_" + "x" * 32)
     browser.driver.find_element(By.ID, "sign-in").click()
-    assert "do not accept this key" in browser.text("error")
+    error = browser.wait(lambda d: d.find_elements(By.ID, "error"), "the refusal")[0]
+    assert "do not accept this key" in error.text
     browser.screenshot("login-refused")
 
     browser.sign_in("carol")
@@ -58,7 +68,7 @@ def test_the_uploader_may_not_approve_and_a_second_approver_does(browser, fleet)
     assert not approve.is_enabled()
     # Forced: the service applies its own four-eyes rule and the page says so.
     status, body = browser.post(f"{page}/approve", {"reason": "looks fine to me"})
-    assert status == 403 and "four-eyes rule" in body
+    assert status == 403 and "four-eyes rule" in error_banner(body)
     browser.driver.execute_script("arguments[0].disabled = false", approve)
     browser.driver.find_element(By.ID, "approve-reason").send_keys("looks fine to me")
     approve.click()
@@ -212,9 +222,11 @@ def test_a_viewer_sees_disabled_buttons_and_a_forced_post_is_refused(browser, fl
     status, body = browser.post(
         f"/models/{v1.id}/promote", {"use_case": USE_CASE, "stage": "staging"}
     )
-    assert status == 403 and "needs role &#39;operator&#39;" in body
+    assert status == 403 and "'vera' needs role 'operator'" in error_banner(body)
     browser.driver.execute_script("arguments[0].disabled = false", promote)
-    browser.driver.find_element(By.ID, "promote-use-case").send_keys(USE_CASE)
+    use_case = browser.driver.find_element(By.ID, "promote-use-case")
+    use_case.clear()
+    use_case.send_keys(USE_CASE)
     promote.click()
     error = browser.wait(lambda d: d.find_elements(By.ID, "error"), "the refusal")[0].text
     assert "Permission Denied (403)" in error and "'vera' needs role 'operator'" in error
