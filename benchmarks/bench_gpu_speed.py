@@ -205,20 +205,33 @@ def plain_run(
 
 def engine_run(
     method: str, method_config: dict, base: Path, rows: list[dict], args: argparse.Namespace,
-    batch: int, checkpointing: bool, steps: int, chunked: bool,
+    batch: int, checkpointing: bool, steps: int, chunked: bool, options: dict | None = None,
+    only_kernels: list[str] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
+    """`options`: TrainingJobConfig fields (fused_kernels, compile_layers); `only_kernels`:
+    apply just these kernel units (the ablation of one lever at a time)."""
     from posttrain.training import TrainingJobConfig, engine, run_training
+    from posttrain.training.kernels import KERNELS
 
     config = TrainingJobConfig(
         base_model=str(base), method=method, method_config=method_config, max_steps=steps,
         batch_size=batch, lr=args.lr, max_seq_len=args.seq_len, truncation="truncate_left",
         device=DEVICE, gradient_checkpointing=checkpointing, checkpoint_every=0,
+        **(options or {}),
     )  # fmt: skip
     engine.CHUNKED_LOSS = chunked
+    registered = dict(KERNELS)
+    if only_kernels is not None:
+        KERNELS.clear()
+        KERNELS.update({k: registered[k] for k in only_kernels})
     _free()
-    with tempfile.TemporaryDirectory() as out:
-        result = run_training(config, rows, None, out)
-    engine.CHUNKED_LOSS = True
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            result = run_training(config, rows, None, out)
+    finally:
+        engine.CHUNKED_LOSS = True
+        KERNELS.clear()
+        KERNELS.update(registered)
     peak = _peak()
     _free()
     history = result.history
@@ -251,7 +264,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--match-config", default="lora-b4-gc")
     parser.add_argument("--match-steps", type=int, default=50)
-    parser.add_argument("--ablate", action="store_true", help="also the engine, full logits")
+    parser.add_argument(
+        "--ablate", action="store_true", help="also the engine without kernels, full logits"
+    )
+    parser.add_argument(
+        "--ablate-kernels", default="", help="configs where each kernel alone and compile run"
+    )
     args = parser.parse_args()
 
     import peft
@@ -283,7 +301,7 @@ def main() -> None:
         print(f"# model {args.arch} ready in {time.perf_counter() - started:.0f}s", flush=True)
         per_token = flops_per_token(AutoConfig.from_pretrained(base), args.seq_len)
         tokenizer = load_tokenizer(base)
-        header = f"{'config':12s} {'loop':22s} {'tok/s':>9s} {'peak GiB':>9s} {'ratio':>6s} {'mem':>5s} {'MFU':>6s}  loss vs baseline"
+        header = f"{'config':12s} {'loop':26s} {'tok/s':>9s} {'peak GiB':>9s} {'ratio':>6s} {'mem':>5s} {'MFU':>6s}  loss vs baseline"
         print(header, flush=True)
         for name in args.configs.split(","):
             method, batch, checkpointing = CONFIGS[name]
@@ -296,17 +314,36 @@ def main() -> None:
                     method, prepare, base, rows, args, batch, checkpointing, steps
                 )
             method_config = {} if method == "full" else dict(LORA)
-            engines = [("engine", method_config, True)]
+            # label: (method config, chunked loss, TrainingJobConfig options, kernels applied)
+            engines: list[tuple[str, dict, bool, dict, list[str] | None]] = [
+                ("engine", method_config, True, {}, None)
+            ]
             if method == "qlora":
                 engines.append(
-                    ("engine no-prepare_kbit", {**LORA, "prepare_kbit_training": False}, True)
+                    ("engine prepare_kbit", {**LORA, "prepare_kbit_training": True}, True, {}, None)
                 )
             if args.ablate:
-                engines.append(("engine full-logits", method_config, False))
-            for label, mc, chunked in engines:
-                results[label] = engine_run(
-                    method, mc, base, rows, args, batch, checkpointing, steps, chunked
-                )
+                off = {"fused_kernels": "off"}
+                engines.append(("engine no-kernels", method_config, True, off, None))
+                engines.append(("engine no-kern full-logit", method_config, False, off, None))
+            if name in args.ablate_kernels.split(","):
+                from posttrain.training.kernels import KERNELS
+
+                for kernel in KERNELS:
+                    engines.append((f"engine only {kernel}", method_config, True, {}, [kernel]))
+                compiled = {"compile_layers": True}
+                engines.append(("engine +compile", method_config, True, compiled, None))
+                off_compiled = {"compile_layers": True, "fused_kernels": "off"}
+                engines.append(("engine no-kern +compile", method_config, True, off_compiled, None))
+            for label, mc, chunked, options, only in engines:
+                try:
+                    results[label] = engine_run(
+                        method, mc, base, rows, args, batch, checkpointing, steps, chunked,
+                        options, only,
+                    )  # fmt: skip
+                except Exception as error:  # one failed variant must not lose the others
+                    print(f"{name:12s} {label:26s} FAILED: {type(error).__name__}: {error}")
+                    _free()
             best = max(
                 (r for k, r in results.items() if k.startswith("plain")), key=lambda r: r["tok_s"]
             )
@@ -316,7 +353,7 @@ def main() -> None:
                 ]
                 mfu = r["tok_s"] * per_token / (PEAK_TFLOPS * 1e12)
                 print(
-                    f"{name:12s} {label:22s} {r['tok_s']:9.0f} {r['peak'] / 2**30:9.1f} "
+                    f"{name:12s} {label:26s} {r['tok_s']:9.0f} {r['peak'] / 2**30:9.1f} "
                     f"{r['tok_s'] / best['tok_s']:6.2f} {r['peak'] / max(best['peak'], 1):5.2f} "
                     f"{mfu:6.1%}  max rel diff {max(diffs):.2e} over {steps} steps "
                     f"(first {r['losses'][0]:.4f}, last {r['losses'][-1]:.4f})",

@@ -29,6 +29,10 @@ OPERATIONAL_FIELDS = frozenset(
         "eval_at_start",
         "checkpoint_every",
         "merge_adapter",
+        # Same math up to rounding (tests/libs/training/test_kernels.py): a job checkpointed
+        # on a GPU worker may resume on one where they resolve differently.
+        "fused_kernels",
+        "compile_layers",
     }
 )
 
@@ -96,6 +100,14 @@ class TrainingJobConfig:
         "'bfloat16'. Trained weights are always kept in float32.",
     )
     device: str = help_field("auto", "'auto' (cuda when available), 'cpu' or 'cuda[:N]'.")
+    fused_kernels: str = help_field(
+        "auto",
+        "Fused Triton kernels (RMSNorm, SwiGLU, RoPE, LoRA linear; posttrain.training.kernels): "
+        "'auto' (on for one CUDA process with triton installed), 'on' or 'off'.",
+    )
+    compile_layers: bool = help_field(
+        False, "torch.compile each decoder layer (slow first steps; measure before use)."
+    )
     merge_adapter: bool = help_field(
         False, "After training, also write a merged model (methods that can merge)."
     )
@@ -119,6 +131,8 @@ class TrainingJobConfig:
             raise ValueError("warmup_ratio must be in [0, 1)")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.fused_kernels not in ("auto", "on", "off"):
+            raise ValueError(f"fused_kernels must be auto, on or off, got {self.fused_kernels!r}")
         if self.packing and not spec.supports_packing:
             raise ValueError(f"packing is not supported by {self.method}")
         if self.gradient_checkpointing and not spec.supports_gradient_checkpointing:

@@ -184,6 +184,41 @@ def _forward_loss(
     )
 
 
+def kernels_enabled(config: TrainingJobConfig, runtime: Runtime, ranks: Ranks) -> bool:
+    """fused_kernels resolved: 'auto' is on for one CUDA process with triton installed and
+    no compile_layers (FSDP's sharded parameters are not what the LoRA kernel expects, and
+    torch.compile 2.11 failed to trace the kernels on an H200: benchmarks/results/)."""
+    from posttrain.training.kernels import triton_available
+
+    if config.fused_kernels == "off":
+        return False
+    if config.fused_kernels == "on":
+        if ranks.distributed or config.compile_layers:
+            raise ValueError(
+                "fused_kernels='on' is not supported under torchrun (FSDP) or with compile_layers"
+            )
+        return True  # on CPU (or without triton) each kernel runs its PyTorch fallback
+    on_gpu = runtime.device.type == "cuda" and triton_available()
+    return on_gpu and not ranks.distributed and not config.compile_layers
+
+
+def _speed_up(
+    model: torch.nn.Module, config: TrainingJobConfig, runtime: Runtime, ranks: Ranks
+) -> dict[str, int]:
+    """Fused kernels and torch.compile of the decoder layers, as the config says; returns
+    how many modules each kernel patched (empty when off)."""
+    counts: dict[str, int] = {}
+    if kernels_enabled(config, runtime, ranks):
+        from posttrain.training.kernels import patch_model
+
+        counts = patch_model(model)
+    if config.compile_layers:
+        for module in model.modules():
+            if type(module).__name__.endswith("DecoderLayer"):
+                module.compile()
+    return counts
+
+
 def evaluate_loss(
     model: torch.nn.Module,
     rows: list[EncodedChat],
@@ -361,6 +396,7 @@ def _train(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         model.config.use_cache = False
+        kernels = _speed_up(model, config, runtime, ranks)
         trainable, total_params = _count_params(model)
         model = shard_model(model, runtime, ranks)
         ranks.reseed(config.seed)
@@ -438,6 +474,7 @@ def _train(
         "processes": ranks.world_size,
         "compute_dtype": str(runtime.compute_dtype).removeprefix("torch."),
         "resumed_from_step": resumed_from,
+        "kernels": kernels,
         "data": data,
         "artifacts": {k: str(v) for k, v in artifacts.items()},
     }

@@ -7,11 +7,17 @@ Torch runs on 2 threads: the development machines have 2 cores shared by several
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels (posttrain.training.kernels) run through Triton's CPU interpreter here;
+    # it is read when they are defined, so before anything imports them.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from posttrain.training import export_smollm2_instruct, load_tokenizer, make_tiny_model
 
