@@ -6,6 +6,8 @@ The services' addresses also fall back to the names the other services use
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -13,7 +15,7 @@ from posttrain.config import SERVICE_PORTS
 from posttrain.console import ConsoleConfig, ServiceTargets
 
 
-def _target(service: str) -> Field:
+def _target(service: str) -> Any:
     return Field(
         f"127.0.0.1:{SERVICE_PORTS[service]}",
         validation_alias=AliasChoices(

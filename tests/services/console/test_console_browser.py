@@ -276,13 +276,33 @@ def test_evaluations_deployments_and_an_experiment(browser, fleet):
             ],
         )
     )
+    # A little traffic with feedback, as a client app sends it: both arms get numbers.
+    app = gateway_pb2_grpc.InferenceGatewayStub(fleet.channel("gateway", "app"))
+    for user in range(8):
+        answer = app.Generate(
+            gateway_pb2.GenerateRequest(
+                use_case=route,
+                prompt="How do I reset my router?",
+                sampling=gateway_pb2.SamplingParams(max_tokens=4, seed=user),
+                user_key=f"user-{user}",
+            ),
+            timeout=120,
+        )
+        app.RecordFeedback(
+            gateway_pb2.RecordFeedbackRequest(
+                request_id=answer.request_id, success=user % 2 == 0, rating=3 + user % 3
+            )
+        )
     browser.open("/deployments")
     assert v1.id in browser.text("deployments") and experiment.id[:8] in browser.text("experiments")
     browser.screenshot("deployments")
     browser.open(f"/experiments/{experiment.id}")
     assert "insufficient data" in browser.text("experiment-verdict")
     assert "50.0%" in browser.text("traffic-split")
-    assert browser.driver.find_elements(By.CSS_SELECTOR, "#arm-metrics tr[data-arm]")
+    arms = browser.driver.find_elements(By.CSS_SELECTOR, "#arm-metrics tr[data-arm]")
+    requests = {a.get_attribute("data-arm"): int(a.text.split()[1]) for a in arms}
+    assert set(requests) == {"base", "tuned"} and sum(requests.values()) == 8
+    assert browser.driver.find_elements(By.CSS_SELECTOR, "#arms svg line.ci")  # intervals
     browser.screenshot("experiment")
     browser.driver.find_element(By.ID, "do-stop_experiment").click()
     browser.wait(lambda d: d.find_elements(By.ID, "flash"), "the experiment to stop")
