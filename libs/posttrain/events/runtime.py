@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from sqlalchemy import Engine
 
@@ -35,8 +36,10 @@ class EventRuntime:
         group_id: str | None = None,
         retry: RetryPolicy | None = None,
         partitions: int = 2,
+        unassigned_stall_s: float = 30.0,
     ):
         self.kafka = kafka
+        self.unassigned_stall_s = unassigned_stall_s
         self.engine = engine
         self.service_name = service_name
         self.handlers = dict(handlers or {})
@@ -93,8 +96,10 @@ class EventRuntime:
                     producer=self.producer,
                     retry=self.retry,
                 )
+                watchdog = _AssignmentWatchdog(self.unassigned_stall_s)
                 while not self._stop.is_set():
                     self.consumer.poll_once()
+                    watchdog.check(self.consumer.assignment(), self.group_id)
                     backoff = 0.5
             except Exception:  # noqa: BLE001 - reconnect after broker trouble
                 log.exception("consumer %s failed; reconnecting in %.1fs", self.group_id, backoff)
@@ -121,3 +126,35 @@ class EventRuntime:
         for thread in self._threads:
             thread.join(timeout_s)
         self._teardown()
+
+
+class ConsumerStalled(RuntimeError):
+    """A consumer that had partitions has had none for too long."""
+
+
+class _AssignmentWatchdog:
+    """Seen after a broker restart (Tansu, kafka-python 3): the consumer rejoins its group
+    under its old member id, is elected leader, and never gets an assignment back; it
+    polls for ever and consumes nothing. A consumer that had partitions and has had none
+    for `stall_s` raises ConsumerStalled, and the runtime makes a new one (a new member).
+    One that never had any (more members than partitions) is left alone: no churn."""
+
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s = stall_s
+        self.had_partitions = False
+        self.empty_since: float | None = None
+
+    def check(self, assignment: set, group_id: str) -> None:
+        if assignment:
+            self.had_partitions, self.empty_since = True, None
+            return
+        if not self.had_partitions or self.stall_s <= 0:
+            return
+        now = time.monotonic()
+        if self.empty_since is None:
+            self.empty_since = now
+        elif now - self.empty_since > self.stall_s:
+            raise ConsumerStalled(
+                f"consumer of group {group_id} has had no partitions for {self.stall_s:.0f}s "
+                "after it had some: making a new one"
+            )
