@@ -232,8 +232,21 @@ class Browser:
         self.driver.delete_all_cookies()
         self.open("/login")
         self.driver.find_element(By.ID, "api_key").send_keys(self.keys[who])
-        self.driver.find_element(By.ID, "sign-in").click()
-        self.wait(lambda d: d.find_elements(By.ID, "who"), f"{who} to be signed in")
+        self.navigate(self.driver.find_element(By.ID, "sign-in").click)
+        assert self.driver.find_elements(By.ID, "who"), f"{who} is not signed in"
+
+    def navigate(self, action: Callable[[], Any]) -> None:
+        """Does what leaves the page (a click, a key) and waits for the next page, so that
+        nothing is read from the old one."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions
+
+        old = self.driver.find_element(By.TAG_NAME, "html")
+        action()
+        self.wait(expected_conditions.staleness_of(old), "the next page")
+        self.wait(
+            lambda d: d.execute_script("return document.readyState") == "complete", "the page"
+        )
 
     def wait(self, condition: Callable[[Any], Any], what: str, timeout_s: float = 30.0):
         from selenium.webdriver.support.ui import WebDriverWait

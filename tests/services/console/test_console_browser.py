@@ -42,7 +42,7 @@ def test_sign_in_with_an_api_key(browser, fleet):
     browser.open("/datasets")
     assert "/login" in browser.driver.current_url  # no page without a session
     browser.driver.find_element(By.ID, "api_key").send_keys("pt_nosuchkey_" + "x" * 32)
-    browser.driver.find_element(By.ID, "sign-in").click()
+    browser.navigate(browser.driver.find_element(By.ID, "sign-in").click)
     error = browser.wait(lambda d: d.find_elements(By.ID, "error"), "the refusal")[0]
     assert "do not accept this key" in error.text
     browser.screenshot("login-refused")
@@ -71,7 +71,7 @@ def test_the_uploader_may_not_approve_and_a_second_approver_does(browser, fleet)
     assert status == 403 and "four-eyes rule" in error_banner(body)
     browser.driver.execute_script("arguments[0].disabled = false", approve)
     browser.driver.find_element(By.ID, "approve-reason").send_keys("looks fine to me")
-    approve.click()
+    browser.navigate(approve.click)
     error = browser.wait(lambda d: d.find_elements(By.ID, "error"), "the refusal")[0].text
     assert "Permission Denied (403)" in error and "carol uploaded version" in error
     browser.screenshot("dataset-four-eyes-refused")
@@ -86,7 +86,7 @@ def test_the_uploader_may_not_approve_and_a_second_approver_does(browser, fleet)
     browser.open(page)
     assert "you may review it" in browser.text("four-eyes")
     browser.driver.find_element(By.ID, "approve-reason").send_keys("policy rows checked")
-    browser.driver.find_element(By.ID, "do-approve").click()
+    browser.navigate(browser.driver.find_element(By.ID, "do-approve").click)
     browser.wait(lambda d: d.find_elements(By.ID, "flash"), "the approval")
     assert browser.text("state") == "approved" and browser.text("approved-by") == "bob"
     browser.screenshot("dataset-version")
@@ -159,7 +159,7 @@ def test_label_three_review_items_by_keyboard(browser, fleet):
         body.send_keys(score)
         body.send_keys("c")  # to the comment box
         browser.driver.switch_to.active_element.send_keys(f"comment {score}")
-        browser.driver.switch_to.active_element.send_keys(Keys.ENTER)
+        browser.navigate(lambda: browser.driver.switch_to.active_element.send_keys(Keys.ENTER))
         browser.wait(lambda d: d.find_elements(By.ID, "flash"), f"item {item} to be saved")
         labelled.append((item, score))
     items = {
@@ -181,7 +181,7 @@ def test_promote_and_roll_back(browser, fleet):
         use_case.clear()
         use_case.send_keys(USE_CASE)
         browser.driver.find_element(By.ID, "promote-reason").send_keys("console test")
-        browser.driver.find_element(By.ID, "do-promote").click()
+        browser.navigate(browser.driver.find_element(By.ID, "do-promote").click)
         browser.wait(lambda d: d.find_elements(By.ID, "flash"), f"{version.id} promoted")
         assert f"{USE_CASE}/staging" in browser.text("stages")
     browser.screenshot("model-version")
@@ -193,7 +193,7 @@ def test_promote_and_roll_back(browser, fleet):
     browser.driver.find_element(By.CSS_SELECTOR, "form.rollback input[name=reason]").send_keys(
         "v2 misbehaves"
     )
-    browser.driver.find_element(By.CSS_SELECTOR, "form.rollback button").click()
+    browser.navigate(browser.driver.find_element(By.CSS_SELECTOR, "form.rollback button").click)
     flash = browser.wait(lambda d: d.find_elements(By.ID, "flash"), "the rollback")[0].text
     assert f"rolled back {USE_CASE}/staging to {v1.id}" in flash
     alias = fleet.registry("ops").GetAlias(
@@ -227,7 +227,7 @@ def test_a_viewer_sees_disabled_buttons_and_a_forced_post_is_refused(browser, fl
     use_case = browser.driver.find_element(By.ID, "promote-use-case")
     use_case.clear()
     use_case.send_keys(USE_CASE)
-    promote.click()
+    browser.navigate(promote.click)
     error = browser.wait(lambda d: d.find_elements(By.ID, "error"), "the refusal")[0].text
     assert "Permission Denied (403)" in error and "'vera' needs role 'operator'" in error
     browser.screenshot("viewer-refused")
@@ -304,7 +304,29 @@ def test_evaluations_deployments_and_an_experiment(browser, fleet):
     assert set(requests) == {"base", "tuned"} and sum(requests.values()) == 8
     assert browser.driver.find_elements(By.CSS_SELECTOR, "#arms svg line.ci")  # intervals
     browser.screenshot("experiment")
-    browser.driver.find_element(By.ID, "do-stop_experiment").click()
+    browser.navigate(browser.driver.find_element(By.ID, "do-stop_experiment").click)
     browser.wait(lambda d: d.find_elements(By.ID, "flash"), "the experiment to stop")
     listed = gateway.ListExperiments(gateway_pb2.ListExperimentsRequest(use_case=route))
     assert [(e.id, e.running) for e in listed.experiments] == [(experiment.id, False)]
+
+
+def test_cancel_a_running_job(browser, fleet):
+    job_id = fleet.submit_job(steps=5000)  # far longer than the test waits
+    browser.sign_in("vera")
+    browser.open(f"/jobs/{job_id}")
+    cancel = browser.driver.find_element(By.ID, "do-cancel_job")
+    assert not cancel.is_enabled() and cancel.get_attribute("title") == "needs the trainer role"
+
+    browser.sign_in("trainer")
+    browser.open(f"/jobs/{job_id}")
+    browser.wait(
+        lambda d: d.find_element(By.ID, "job-state").text == "running", "the job to start", 240
+    )
+    browser.driver.find_element(By.ID, "cancel-reason").send_keys("wrong learning rate")
+    browser.navigate(browser.driver.find_element(By.ID, "do-cancel_job").click)
+    browser.wait(lambda d: d.find_elements(By.ID, "flash"), "the cancel request")
+    browser.wait(
+        lambda d: d.find_element(By.ID, "job-state").text == "cancelled", "the job to stop", 120
+    )
+    job = fleet.trainer("trainer").GetJob(training_pb2.GetJobRequest(job_id=job_id))
+    assert job.state == training_pb2.JOB_STATE_CANCELLED and job.step < 5000
