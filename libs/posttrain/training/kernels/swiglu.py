@@ -90,7 +90,7 @@ def _fused_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def patch(module: torch.nn.Module) -> bool:
     if not all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
         return False
-    if getattr(module.config, "hidden_act", None) not in ("silu", "swish"):
+    if getattr(getattr(module, "config", None), "hidden_act", None) not in ("silu", "swish"):
         return False  # another activation: the module keeps its own forward
     module.forward = _fused_forward.__get__(module)  # type: ignore[method-assign]
     return True
