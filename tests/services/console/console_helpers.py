@@ -31,6 +31,7 @@ from posttrain.db import create_db_engine
 from posttrain.demo import dataset
 from posttrain.demo.run import Demo, DemoConfig
 from posttrain.rpc import ApiKeyStore, make_channel
+from posttrain.stack.services import free_port
 from posttrain.storage import ArtifactStore
 from posttrain.training import make_tiny_model
 from posttrain.v1 import (
@@ -68,14 +69,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 120.0, ever
             return value
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -140,7 +133,7 @@ def _upload(fleet: Fleet) -> str:
 
 
 def _start_console(fleet_demo: Demo, log_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "POSTTRAIN_CONSOLE_PORT": str(port),
@@ -237,23 +230,36 @@ class Browser:
 
     def navigate(self, action: Callable[[], Any]) -> None:
         """Does what leaves the page (a click, a key) and waits for the next page, so that
-        nothing is read from the old one."""
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions
-
-        old = self.driver.find_element(By.TAG_NAME, "html")
+        nothing is read from the old one: the old document is marked, and the wait is for
+        a complete document without the mark (no element handles that can go stale)."""
+        self.driver.execute_script("document.documentElement.dataset.left = 'yes'")
         action()
-        self.wait(expected_conditions.staleness_of(old), "the next page")
         self.wait(
-            lambda d: d.execute_script("return document.readyState") == "complete", "the page"
+            lambda d: d.execute_script(
+                "return document.readyState === 'complete' && "
+                "document.documentElement.dataset.left !== 'yes'"
+            ),
+            "the next page",
+            ignoring=True,  # a script can fail while the old document unloads
         )
 
-    def wait(self, condition: Callable[[Any], Any], what: str, timeout_s: float = 30.0):
+    def wait(
+        self,
+        condition: Callable[[Any], Any],
+        what: str,
+        timeout_s: float = 30.0,
+        *,
+        ignoring: bool = False,
+    ):
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, timeout_s, poll_frequency=0.2).until(
-            condition, message=f"waiting for {what}"
-        )
+        return WebDriverWait(
+            self.driver,
+            timeout_s,
+            poll_frequency=0.2,
+            ignored_exceptions=(WebDriverException,) if ignoring else None,
+        ).until(condition, message=f"waiting for {what}")
 
     def text(self, element_id: str) -> str:
         from selenium.webdriver.common.by import By

@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from posttrain.stack.services import free_port
+
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_posttrain_console_serves_the_sign_in_page_on_the_port_given(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTTRAIN_CONSOLE_")}
     proc = subprocess.Popen(
         [str(BIN / "posttrain"), "console", "--port", str(port), "--registry", "127.0.0.1:1"],
