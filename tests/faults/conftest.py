@@ -17,7 +17,7 @@ from faults_helpers import BASE_MODEL, CRASH_POINTS, TABLE, TENANT, Pipeline
 
 from posttrain.db import apply_migrations, create_db_engine
 from posttrain.rpc import AUTH_MIGRATIONS, ApiKeyStore
-from posttrain.stack import LocalStack
+from posttrain.stack import LocalStack, StackPorts
 from posttrain.stack.services import SERVICES, ServiceProcesses
 from posttrain.storage import ArtifactStore
 from posttrain.training import make_tiny_model
@@ -32,8 +32,20 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 @pytest.fixture(scope="module")
-def pipeline(stack, triton: LocalStack, tmp_path_factory) -> Iterator[Pipeline]:
-    local = triton  # the session's LocalStack, with Kafka, S3 and Triton up
+def fault_stack(tmp_path_factory) -> Iterator[LocalStack]:
+    """A LocalStack of the suite's own (free ports): it restarts the broker and S3, which
+    must not pull the session's stack from under other modules' tests."""
+    local = LocalStack(state_dir=tmp_path_factory.mktemp("fault-stack"), ports=StackPorts.free())
+    try:
+        local.up()
+        yield local
+    finally:
+        local.down()
+
+
+@pytest.fixture(scope="module")
+def pipeline(fault_stack: LocalStack, tmp_path_factory) -> Iterator[Pipeline]:
+    local = fault_stack
     state = tmp_path_factory.mktemp("faults")
     engine = create_db_engine(f"sqlite:///{state / 'auth.sqlite3'}")
     apply_migrations(engine, "auth", AUTH_MIGRATIONS)
@@ -46,7 +58,7 @@ def pipeline(stack, triton: LocalStack, tmp_path_factory) -> Iterator[Pipeline]:
     engine.dispose()
     markers = state / "fault-markers"
     markers.mkdir()
-    bucket = f"faults-{state.name[-8:].replace('_', '-').lower()}"
+    bucket = "faults"
     services = ServiceProcesses(
         local,
         state,
