@@ -8,6 +8,7 @@ Screenshots of the main pages are saved (the folder is printed at the end)."""
 from __future__ import annotations
 
 import html
+import json
 import re
 
 import pytest
@@ -54,6 +55,40 @@ def test_sign_in_with_an_api_key(browser, fleet):
     assert cookie["httpOnly"] and fleet.keys["carol"] not in cookie["value"]
     assert DATASET in browser.text("datasets")
     browser.screenshot("datasets")
+
+
+def test_a_version_shows_its_row_errors_and_pii_findings(browser, fleet):
+    def chat(user: str, assistant: str) -> bytes:
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        return json.dumps({"messages": messages}).encode() + b"\n"
+
+    rows = [
+        chat("Where is my order?", "ANSWER: it ships today | REF-KB-001"),
+        chat("Mail me at jane.doe@example.com", "ANSWER: done | REF-KB-002"),
+        b'{"messages": []}\n',  # row 3: no messages
+        chat("Reset?", "ANSWER: hold the button | REF-KB-003"),
+    ]
+
+    def requests():
+        yield intake_pb2.UploadDatasetRequest(
+            metadata=intake_pb2.UploadMetadata(
+                dataset="console-crm",
+                format=intake_pb2.DATA_FORMAT_JSONL,
+                schema=intake_pb2.ROW_SCHEMA_CHAT,
+                invalid_rows=intake_pb2.INVALID_ROW_POLICY_DROP_INVALID,
+            )
+        )
+        yield intake_pb2.UploadDatasetRequest(chunk=b"".join(rows))
+
+    version = fleet.intake("carol").UploadDataset(requests()).version.version
+    browser.sign_in("vera")
+    browser.open(f"/datasets/console-crm/versions/{version}")
+    errors = browser.driver.find_elements(By.CSS_SELECTOR, "#row-errors tbody tr")
+    assert [e.text.split()[0] for e in errors] == ["3"]
+    findings = browser.text("pii")
+    assert "2" in findings and "email" in findings and "jane.doe@example.com" not in findings
+    assert not browser.driver.find_element(By.ID, "do-approve").is_enabled()
+    browser.screenshot("dataset-version-errors-and-pii")
 
 
 def test_the_uploader_may_not_approve_and_a_second_approver_does(browser, fleet):
