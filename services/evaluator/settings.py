@@ -115,6 +115,15 @@ class EvaluatorSettings(RpcServiceSettings):
     )
     triton_concurrency: int = Field(4, description="generator triton: requests in flight")
     triton_torch_threads: int = Field(0, description="generator triton: torch threads per model")
+    serving_probe_requests: int = Field(
+        0,
+        description="> 0: time each candidate served through Triton as an adapter on its base "
+        "and merged, on this many of the suite's prompts, one at a time (the report's serving "
+        "section; the method comparison reads it); needs triton_model_repository",
+    )
+    serving_probe_max_new_tokens: int = Field(
+        0, description="tokens each probe request generates at most; 0 = the suite's budget"
+    )
 
     def evaluator_config(self) -> EvaluatorConfig:
         return EvaluatorConfig(
@@ -142,4 +151,6 @@ class EvaluatorSettings(RpcServiceSettings):
                 concurrency=self.triton_concurrency,
                 torch_threads=self.triton_torch_threads,
             ),
+            serving_probe_requests=self.serving_probe_requests,
+            serving_probe_max_new_tokens=self.serving_probe_max_new_tokens,
         )

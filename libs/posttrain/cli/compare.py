@@ -280,6 +280,8 @@ def report(comparison_id, out, target, api_key, as_json):
         "artifact MiB",
         "serving",
         "p50 ms",
+        "served adapter p50 ms",
+        "served merged p50 ms",
     ):
         table.add_column(column)
     front = set(data["pareto_front"])
@@ -294,11 +296,17 @@ def report(comparison_id, out, target, api_key, as_json):
             _num(None if c.get("artifact_bytes") is None else c["artifact_bytes"] / 2**20),
             "/".join(c.get("serving_options") or []),
             _num(None if c.get("latency_p50_s") is None else c["latency_p50_s"] * 1000),
+            *(_served_ms(c, mode) for mode in ("adapter", "merged")),
         )
     Console().print(table)
     click.echo("* on the Pareto front (no other candidate is better and cheaper)")
     click.echo(data["recommendation"]["summary"])
     click.echo(f"wrote {out / 'comparison_report.html'} and {out / 'comparison_report.json'}")
+
+
+def _served_ms(candidate: dict, mode: str) -> str:
+    served = (candidate.get("serving") or {}).get(mode)
+    return _num(None if not served else served["latency_p50_s"] * 1000)
 
 
 def _num(value) -> str:

@@ -63,6 +63,13 @@ class CandidateMeasurement:
     artifact_bytes: int | None = None
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None
+    # Served through Triton by the evaluator's serving probe: mode (adapter | merged) ->
+    # {latency_p50_s, latency_p95_s, completion_tokens_per_s, requests}; empty when off.
+    serving: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def served_p50_ms(self, mode: str) -> float | None:
+        value = self.serving.get(mode, {}).get("latency_p50_s")
+        return None if value is None else value * 1000
 
     @property
     def trainable_share(self) -> float | None:

@@ -112,6 +112,14 @@ def _size(value: float | None) -> str:
     return "&ndash;"
 
 
+def _served(candidate: dict[str, Any], mode: str) -> str:
+    """Its latency through Triton served that way (the evaluator's serving probe)."""
+    served = (candidate.get("serving") or {}).get(mode)
+    if not served:
+        return "&ndash;"
+    return f"{served['latency_p50_s'] * 1000:.0f} / {served['latency_p95_s'] * 1000:.0f} ms"
+
+
 def render_html(report: dict[str, Any]) -> str:
     cmp, rec = report["comparison"], report["recommendation"]
     quality = report["rules"]["quality_metric"]
@@ -138,6 +146,8 @@ def render_html(report: dict[str, Any]) -> str:
                 _size(c.get("artifact_bytes")),
                 esc(" / ".join(c.get("serving_options") or [])),
                 "&ndash;" if latency is None else f"{latency * 1000:.0f} ms",
+                _served(c, "adapter"),
+                _served(c, "merged"),
             ]
         )
     candidates_table = _table(
@@ -157,6 +167,8 @@ def render_html(report: dict[str, Any]) -> str:
             "artifact",
             "serving",
             "latency p50",
+            "served as adapter p50 / p95",
+            "served merged p50 / p95",
         ],
     )
     metric_names = sorted({n for c in report["candidates"] for n in c["quality"]})

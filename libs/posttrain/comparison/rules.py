@@ -148,6 +148,17 @@ def _chosen(fn: Callable[[CandidateMeasurement], float | None]) -> Callable[[Sub
     return lambda s: None if s.chosen is None else fn(s.chosen)
 
 
+def _adapter_overhead(c: CandidateMeasurement) -> float | None:
+    adapter, merged = c.served_p50_ms("adapter"), c.served_p50_ms("merged")
+    return None if adapter is None or not merged else adapter / merged
+
+
+def _budget_ratio(s: Subject, mode: str) -> float | None:
+    served = None if s.chosen is None else s.chosen.served_p50_ms(mode)
+    budget = s.context.latency_budget_ms
+    return None if served is None or not budget else served / budget
+
+
 @dataclass(frozen=True)
 class Measure:
     description: str
@@ -197,6 +208,27 @@ MEASURES: dict[str, Measure] = {
     "chosen_latency_p50_ms": Measure(
         "the recommended candidate's p50 latency on the suite (the evaluator's latency metric)",
         _chosen(lambda c: None if c.latency_p50_s is None else c.latency_p50_s * 1000),
+    ),
+    "chosen_adapter_p50_ms": Measure(
+        "the recommended candidate's p50 latency served through Triton as an adapter on its "
+        "base, one request at a time (the evaluator's serving probe)",
+        _chosen(lambda c: c.served_p50_ms("adapter")),
+    ),
+    "chosen_merged_p50_ms": Measure(
+        "the same, served merged into one model",
+        _chosen(lambda c: c.served_p50_ms("merged")),
+    ),
+    "chosen_adapter_overhead": Measure(
+        "served p50 as an adapter / served p50 merged, for the recommended candidate",
+        _chosen(_adapter_overhead),
+    ),
+    "adapter_budget_ratio": Measure(
+        "the recommended candidate's served adapter p50 / the declared latency budget",
+        lambda s: _budget_ratio(s, "adapter"),
+    ),
+    "merged_budget_ratio": Measure(
+        "its served merged p50 / the declared latency budget",
+        lambda s: _budget_ratio(s, "merged"),
     ),
     "chosen_can_merge": Measure(
         "1 when the recommended candidate's adapter can be merged into the base, else 0",

@@ -509,6 +509,15 @@ def _read_evaluation(m: CandidateMeasurement, report: evaluation_pb2.EvaluationR
     m.judge_score = overall.get("judge_score")
     m.latency_p50_s = overall.get("latency_p50_s")
     m.latency_p95_s = overall.get("latency_p95_s")
+    m.serving = {
+        s.mode: {
+            "latency_p50_s": s.latency_p50_s,
+            "latency_p95_s": s.latency_p95_s,
+            "completion_tokens_per_s": s.completion_tokens_per_s,
+            "requests": float(s.requests),
+        }
+        for s in report.serving
+    }
     verdict = common_pb2.GateVerdict.Name(report.verdict).removeprefix("GATE_VERDICT_")
     m.gate_verdict = "" if verdict == "UNSPECIFIED" else verdict
     m.gate_reasons = list(report.reasons)[:20]

@@ -52,7 +52,12 @@ from posttrain.evaluation.judge import (
 )
 from posttrain.evaluation.metrics import METRICS, CaseScore, Metric
 from posttrain.evaluation.metrics.cost import Prices
-from posttrain.evaluation.results import CaseResult, EvaluationResult, Provenance
+from posttrain.evaluation.results import (
+    CaseResult,
+    EvaluationResult,
+    Provenance,
+    ServingLatency,
+)
 from posttrain.evaluation.review import (
     ReviewItem,
     anchors_from_reviews,
@@ -81,6 +86,7 @@ __all__ = [
     "CaseResult",
     "CaseScore",
     "EvaluationResult",
+    "ServingLatency",
     "GateCheck",
     "GatePolicy",
     "GateResult",

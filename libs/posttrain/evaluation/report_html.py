@@ -237,6 +237,21 @@ def render_html(result: EvaluationResult) -> str:
             + (f'<img alt="calibration" src="data:image/png;base64,{image}">' if image else "")
         )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
+    serving = ""
+    if result.serving:
+        rows = [
+            [
+                html.escape(s.mode),
+                html.escape(s.triton_model),
+                str(s.requests),
+                f"{s.latency_p50_s * 1000:.0f} ms",
+                f"{s.latency_p95_s * 1000:.0f} ms",
+                f"{s.completion_tokens_per_s:.1f}",
+            ]
+            for s in result.serving
+        ]
+        headers = ["served as", "Triton model", "requests", "p50", "p95", "tokens/s"]
+        serving = "<h2>Served through Triton (one request at a time)</h2>" + _table(rows, headers)
     tag_png = tag_deltas_png(result)
     title = f"Evaluation {html.escape(result.report_id)}: {html.escape(p.model_version_id or '?')} on {html.escape(p.suite)}"
     return f"""<!doctype html>
@@ -259,6 +274,7 @@ img {{ max-width: 100%; }}
 {f'<img alt="per-tag deltas" src="data:image/png;base64,{tag_png}">' if tag_png else "<p>no per-tag numbers</p>"}
 {calibration}
 <h2>Gate checks</h2>{checks}
+{serving}
 <h2>All metrics</h2>{_table(metric_rows, ["scope", "metric", "candidate", "production", "delta", "cases"])}
 <h2>Notes</h2><ul>{notes or "<li>none</li>"}</ul>
 <h2>Provenance</h2>{provenance}

@@ -100,6 +100,22 @@ def report_id_for(provenance: Provenance) -> str:
 
 
 @dataclass(frozen=True)
+class ServingLatency:
+    """The candidate served one way (adapter on its base, or merged), timed one request at
+    a time: what a client of that deployment would wait."""
+
+    mode: str  # adapter | merged
+    triton_model: str
+    requests: int
+    latency_p50_s: float
+    latency_p95_s: float
+    completion_tokens_per_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class EvaluationResult:
     report_id: str
     provenance: Provenance
@@ -114,6 +130,7 @@ class EvaluationResult:
     calibration: Calibration | None = None
     notes: list[str] = field(default_factory=list)
     created_at: str | None = None  # ISO 8601, when the caller stamps it
+    serving: list[ServingLatency] = field(default_factory=list)  # the serving probe's
 
     @property
     def overall(self) -> dict[str, float]:
@@ -138,6 +155,7 @@ class EvaluationResult:
             "calibration": self.calibration.to_json() if self.calibration else None,
             "notes": list(self.notes),
             "created_at": self.created_at,
+            "serving": [s.to_json() for s in self.serving],
             "cases": [c.to_json() for c in self.cases],
         }
 
@@ -172,6 +190,7 @@ class EvaluationResult:
             else None,
             notes=obj.get("notes", []),
             created_at=obj.get("created_at"),
+            serving=[ServingLatency(**s) for s in obj.get("serving", [])],
         )
 
     def flat_metrics(self) -> dict[str, float]:
@@ -216,6 +235,8 @@ class EvaluationResult:
                 if name in production:
                     metric.production_value = production[name]
                     metric.has_production_value = True
+        for served in self.serving:
+            report.serving.add(**served.to_json())
         if json_report is not None:
             report.json_report.CopyFrom(json_report)
         if html_report is not None:

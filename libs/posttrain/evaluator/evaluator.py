@@ -44,6 +44,7 @@ from posttrain.evaluation import (
     LocalHFGenerator,
     Prices,
     Provenance,
+    ServingLatency,
     Suite,
     anchor_set_version,
     build_judge,
@@ -100,6 +101,10 @@ class EvaluatorConfig:
     max_seq_len: int = 4096
     generator: str = "local"  # local (in-process transformers) | triton (served; see serving.py)
     triton: TritonOptions = field(default_factory=TritonOptions)
+    # > 0: also time the candidate served through Triton as an adapter and merged, on this
+    # many of the suite's prompts (serving.py); 0 = off.
+    serving_probe_requests: int = 0
+    serving_probe_max_new_tokens: int = 0  # per probe request; 0 = the suite's
 
 
 @dataclass(frozen=True)
@@ -419,6 +424,9 @@ class Evaluator:
             )
             notes = [*notes, *runtime.notes]
         result = replace(result, notes=[*notes, *result.notes])
+        if runtime is not None and self.config.serving_probe_requests > 0:
+            serving, probe_notes = self._probe_serving(model, suite, seed, registry)
+            result = replace(result, serving=serving, notes=[*result.notes, *probe_notes])
         was_loaded = runtime is not None
         del runtime  # the weights can go before the next evaluation loads its own
         artifact, json_ref, html_ref = self._publish(model.tenant, result)
@@ -443,16 +451,44 @@ class Evaluator:
             loaded = self.loader.load(model, registry)
             return _Runtime(self._local_generator(loaded), loaded.adapter)
         folders = self.loader.fetch(model, registry)
-        if self._triton is None:
-            self._triton = TritonServing(self.config.triton, self.loader.cache_dir)
-        served = self._triton.serve(folders)
+        served = self._triton_serving().serve(folders)
         scorer, notes = None, []
         if "perplexity" in suite.run_metrics:  # Triton serves text, not token scores
             try:
                 scorer = self._local_generator(self.loader.load(model, registry)).score_tokens
             except ModelUnloadable as exc:
                 notes.append(f"perplexity not measured: no local copy to score tokens: {exc}")
-        return _Runtime(self._triton.generator(served), folders.adapter, scorer, tuple(notes))
+        generator = self._triton_serving().generator(served)
+        return _Runtime(generator, folders.adapter, scorer, tuple(notes))
+
+    def _triton_serving(self) -> TritonServing:
+        if self._triton is None:
+            self._triton = TritonServing(self.config.triton, self.loader.cache_dir)
+        return self._triton
+
+    def _probe_serving(
+        self, model: ModelUnderTest, suite: Suite, seed: int, registry: Registry
+    ) -> tuple[list[ServingLatency], list[str]]:
+        """The candidate timed through Triton as each deployment it allows. A probe that
+        can't run leaves a note: it never fails the evaluation."""
+        prompts = [case.messages for case in suite.cases[: self.config.serving_probe_requests]]
+        max_new = self.config.serving_probe_max_new_tokens or suite.max_new_tokens
+        measured: list[ServingLatency] = []
+        try:
+            folders = self.loader.fetch(model, registry)
+            triton = self._triton_serving()
+            if folders.base_weights is not None:
+                served = triton.serve(folders)
+                measured.append(triton.probe(served, "adapter", prompts, max_new, seed))
+            merged = triton.serve_merged(folders)
+            if merged is None:
+                return measured, ["merged serving not measured: this adapter adds virtual "
+                                  "tokens (prompt/prefix tuning) and cannot be merged"]  # fmt: skip
+            measured.append(triton.probe(merged, "merged", prompts, max_new, seed))
+        except Exception as exc:  # noqa: BLE001 - the probe is extra: note it, keep the report
+            log.warning("serving probe of %s failed", model.id, exc_info=True)
+            return measured, [f"serving latency not measured: {type(exc).__name__}: {exc}"]
+        return measured, []
 
     def _local_generator(self, loaded: LoadedModel) -> LocalHFGenerator:
         return LocalHFGenerator(

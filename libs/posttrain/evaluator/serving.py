@@ -12,6 +12,13 @@ loaded and the same adapter installed. These are the evaluator's own Triton mode
 the gateway's: the gateway's model of a base has another adapter directory, and writing
 its config anew would take the gateway's adapters offline.
 
+The serving probe (EvaluatorConfig.serving_probe_requests > 0) times the candidate served
+each way it can be deployed, whichever generator ran the suite: `adapter` (the lora on its
+base's model, as above) and `merged` (a LoRA folded into its base here, by PEFT, and served
+as its own model `eval_merged_<adapter sha256[:16]>`; a merged or full artifact is this
+mode only). One request at a time after one warm-up, greedy, the suite's first prompts:
+the latency a client of that deployment waits, not throughput under load.
+
 Triton must see the loader's cache (the downloaded folders) and
 `<cache>/triton-adapters/` at the same paths as this process, like the model repository
 (a shared volume, as for the gateway). Models stay loaded after an evaluation (the next
@@ -20,17 +27,27 @@ candidate on the same base reuses it); unloading them is an operator's call.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tritonclient.utils import InferenceServerException
 
-from posttrain.evaluation import TritonGenerator
+from posttrain.evaluation import ServingLatency, TritonGenerator
+from posttrain.evaluation.generation import Messages
 from posttrain.evaluator.models import ModelFolders, ModelUnloadable
 from posttrain.rpc.errors import Unavailable
 from posttrain.serving.client import map_triton_error
-from posttrain.serving.repository import LLMModelConfig, ensure_llm_model, install_adapter
+from posttrain.serving.repository import (
+    LLMModelConfig,
+    ensure_llm_model,
+    install_adapter,
+    served_parameter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +87,40 @@ class TritonServing:
         served_dir = folders.base_dir or folders.artifact_dir
         served_sha = (folders.base_weights or folders.artifact).sha256
         model = f"eval_{served_sha[:16]}"
+        self._load(model, served_dir)
+        if folders.base_weights is None:
+            return ServedModel(model, "")
+        lora = f"eval-{folders.artifact.sha256[:16]}"
+        # Where the loaded model looks: another evaluator's cache if it loaded it first.
+        written = served_parameter(self.options.model_repository, model, "adapter_dir")
+        adapter_dir = Path(written) if written else self.adapters_root / model
+        if not (adapter_dir / lora).exists():  # the name is its content: installed is installed
+            install_adapter(folders.artifact_dir, adapter_dir, lora)
+        return ServedModel(model, lora)
+
+    def serve_merged(self, folders: ModelFolders) -> ServedModel | None:
+        """The candidate as one merged model: a merged/full artifact as it is, a LoRA folded
+        into its base (once per adapter, kept in the cache); None when it can't be merged
+        (prompt and prefix tuning add virtual tokens, not weights)."""
+        if folders.base_weights is None or folders.base_dir is None:
+            return self.serve(folders)
+        config = json.loads((folders.artifact_dir / "adapter_config.json").read_text())
+        if str(config.get("peft_type", "")).upper() != "LORA":
+            return None
+        from posttrain.serving.synthetic import merge_lora_adapter
+
+        key = folders.artifact.sha256[:16]
+        merged_dir = self.adapters_root.parent / "merged" / key
+        if not (merged_dir / "config.json").is_file():
+            staging = merged_dir.with_name(f"{key}.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            merge_lora_adapter(folders.base_dir, folders.artifact_dir, staging)
+            staging.rename(merged_dir)  # whole or not at all: the next run reuses it
+        model = f"eval_merged_{key}"
+        self._load(model, merged_dir)
+        return ServedModel(model, "")
+
+    def _load(self, model: str, served_dir: Path) -> None:
         adapter_dir = self.adapters_root / model
         adapter_dir.mkdir(parents=True, exist_ok=True)
         o = self.options
@@ -93,19 +144,45 @@ class TritonServing:
             raise ModelUnloadable(f"Triton could not load it: {exc.message() or exc}") from exc
         except TimeoutError as exc:
             raise ModelUnloadable(f"Triton did not load it: {exc}") from exc
-        if folders.base_weights is None:
-            return ServedModel(model, "")
-        lora = f"eval-{folders.artifact.sha256[:16]}"
-        if not (adapter_dir / lora).exists():  # the name is its content: installed is installed
-            install_adapter(folders.artifact_dir, adapter_dir, lora)
-        return ServedModel(model, lora)
 
-    def generator(self, served: ServedModel) -> TritonGenerator:
+    def generator(self, served: ServedModel, concurrency: int | None = None) -> TritonGenerator:
         o = self.options
         return TritonGenerator(
             o.url,
             served.triton_model,
             served.lora_name,
-            concurrency=o.concurrency,
+            concurrency=concurrency or o.concurrency,
             timeout_s=o.timeout_s,
         )
+
+    def probe(
+        self,
+        served: ServedModel,
+        mode: str,
+        prompts: Sequence[Messages],
+        max_new_tokens: int,
+        seed: int,
+    ) -> ServingLatency:
+        """Time `prompts` one at a time (after one warm-up request) on the served model."""
+        generator = self.generator(served, concurrency=1)
+        generator.generate(prompts[:1], max_new_tokens, seed)  # first-request costs aside
+        timed = [generator.generate([p], max_new_tokens, seed)[0] for p in prompts]
+        latencies = sorted(g.latency_s for g in timed)
+        spent = sum(latencies)
+        name = served.triton_model + (f"/{served.lora_name}" if served.lora_name else "")
+        return ServingLatency(
+            mode=mode,
+            triton_model=name,
+            requests=len(timed),
+            latency_p50_s=statistics.median(latencies),
+            latency_p95_s=_percentile(latencies, 0.95),
+            completion_tokens_per_s=sum(g.completion_tokens for g in timed) / spent
+            if spent > 0
+            else 0.0,
+        )
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    rank = max(1, -(-len(ordered) * q // 1))  # ceil(n q), at least the first
+    return ordered[int(rank) - 1]

@@ -96,6 +96,19 @@ def render_config(name: str, config: LLMModelConfig) -> str:
     )
 
 
+def served_parameter(repository: str | Path, name: str, key: str) -> str | None:
+    """A parameter of the model's config.pbtxt as written (render_config), None if absent:
+    e.g. the adapter_dir a loaded model looks in, which may be another writer's."""
+    config = Path(repository) / name / "config.pbtxt"
+    if not config.is_file():
+        return None
+    pattern = f"parameters {{ key: {json.dumps(key)} value {{ string_value: "
+    for line in config.read_text().splitlines():
+        if line.startswith(pattern):
+            return json.loads(line[len(pattern) :].removesuffix(" } }"))
+    return None
+
+
 def _write_version(model_dir: Path, version: int) -> Path:
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)

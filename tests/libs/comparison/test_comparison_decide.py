@@ -129,6 +129,38 @@ def test_lora_when_it_is_close_to_the_best_and_the_cheaper_rank_wins_a_tie():
     assert (rollback.serving, rollback.serving_rule) == ("adapter", "fast-rollback")
 
 
+def served(adapter_ms: float, merged_ms: float) -> dict[str, dict[str, float]]:
+    """The evaluator's serving probe, as the comparison reads it."""
+    return {
+        mode: {"latency_p50_s": ms / 1000, "latency_p95_s": ms * 1.5 / 1000, "requests": 8.0}
+        for mode, ms in (("adapter", adapter_ms), ("merged", merged_ms))
+    }
+
+
+def test_a_latency_budget_only_the_merged_model_meets_decides_the_serving():
+    candidates = [
+        candidate("lora-r8", "lora", 0.75, serving=served(adapter_ms=130, merged_ms=90)),
+        candidate("prompt", "prompt", 0.50, first_loss=None),
+    ]
+    # Twelve tenants would share one base, but the adapter misses the 100 ms budget.
+    context = DecisionContext(data_rows=3000, tenants=12, latency_budget_ms=100)
+    rec = recommend(candidates, context, RULES)
+    assert (rec.serving, rec.serving_rule) == ("merged", "latency-budget-needs-merged")
+    assert rec.measures["adapter_budget_ratio"] == pytest.approx(1.3)
+    assert rec.measures["merged_budget_ratio"] == pytest.approx(0.9)
+    assert rec.measures["chosen_adapter_overhead"] == pytest.approx(130 / 90)
+    assert rec.measures["chosen_merged_p50_ms"] == pytest.approx(90)
+
+    # Both meet it: the platform decides (adapters for many tenants).
+    fast = [candidate("lora-r8", "lora", 0.75, serving=served(adapter_ms=60, merged_ms=50))]
+    assert recommend(fast, context, RULES).serving_rule == "multi-tenant-platform"
+    # No probe (nothing measured through Triton): the budget rule can't fire.
+    unmeasured = [candidate("lora-r8", "lora", 0.75)]
+    rec = recommend(unmeasured, context, RULES)
+    assert rec.serving_rule == "multi-tenant-platform"
+    assert rec.measures["adapter_budget_ratio"] is None
+
+
 def test_a_gate_pass_comes_before_a_higher_score():
     candidates = [
         candidate("lora-r4", "lora", 0.78, gate_verdict="FAIL"),
@@ -215,7 +247,14 @@ def test_pareto_front_keeps_the_undominated():
 
 def test_the_report_has_every_part_in_json_and_html(tmp_path):
     candidates = [
-        candidate("lora-r4", "lora", 0.75, judge_score=3.5, gate_verdict="PASS"),
+        candidate(
+            "lora-r4",
+            "lora",
+            0.75,
+            judge_score=3.5,
+            gate_verdict="PASS",
+            serving=served(adapter_ms=42, merged_ms=31),
+        ),
         candidate("prompt", "prompt", 0.5, first_loss=None),
         candidate("qlora", "qlora", None, outcome=FAILED, error="CUDA needed"),
     ]
@@ -231,5 +270,7 @@ def test_the_report_has_every_part_in_json_and_html(tmp_path):
     page = html_path.read_text()
     assert 'src="data:image/png;base64,' in page
     assert "lora-or-qlora" in page and "<b>FIRED</b>" in page and "CUDA needed" in page
+    assert lora["serving"]["merged"]["latency_p50_s"] == pytest.approx(0.031)
+    assert "served merged p50 / p95" in page and "42 / 63 ms" in page and "31 / 46 ms" in page
     assert render_html(report) == page
     assert MEASURED == "MEASURED"

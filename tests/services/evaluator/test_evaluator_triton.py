@@ -35,16 +35,18 @@ BASE = "tiny-served"
 
 @pytest.fixture(scope="module")
 def registry(store: ArtifactStore, model_folders, tmp_path_factory) -> FakeRegistry:
-    """bot:v1, a LoRA on BASE (weights at std 0.2: outputs that differ per prompt), and
-    broken:v1, a folder no runtime can load."""
+    """bot:v1, a LoRA on BASE (weights at std 0.2: outputs that differ per prompt),
+    prompted:v1, a prompt-tuning adapter on it, and broken:v1, a folder no runtime can load."""
     root = tmp_path_factory.mktemp("served-models")
     base = make_tiny_base(root / BASE, seed=0)
     adapter = make_random_adapter(base, root / "lora", kind="lora", seed=1)
+    prompted = make_random_adapter(base, root / "prompt", kind="prompt", seed=2)
     registry = FakeRegistry()
     weights = store.put_folder(base, f"base-models/{BASE}")
     registry.bases[BASE] = registry_pb2.BaseModel(name=BASE, weights=weights.to_proto())
     for vid, folder, kind in (
         ("bot:v1", adapter, KIND_ADAPTER),
+        ("prompted:v1", prompted, KIND_ADAPTER),
         ("broken:v1", model_folders.broken, KIND_MERGED),
     ):
         ref = store.put_folder(folder, f"models/acme/{vid.replace(':', '-')}/merged")
@@ -52,7 +54,14 @@ def registry(store: ArtifactStore, model_folders, tmp_path_factory) -> FakeRegis
     return registry
 
 
-def make(engine: Engine, store: ArtifactStore, cache: Path, triton, generator: str) -> Evaluator:
+def make(
+    engine: Engine,
+    store: ArtifactStore,
+    cache: Path,
+    triton,
+    generator: str,
+    serving_probe_requests: int = 0,
+) -> Evaluator:
     migrate(engine)
     settings = EvaluatorSettings(suite="smoke-ppl", review_sample_size=0, max_seq_len=512)
     config = replace(
@@ -63,6 +72,7 @@ def make(engine: Engine, store: ArtifactStore, cache: Path, triton, generator: s
             model_repository=str(triton.triton_model_repository),
             torch_threads=1,
         ),
+        serving_probe_requests=serving_probe_requests,
     )
     catalog = SuiteCatalog(store, engine)
     files = suite_files("smoke-ppl")
@@ -134,3 +144,47 @@ def test_a_model_triton_refuses_gets_a_fail_report(triton, store, registry, tmp_
     row = evaluator.run(EvaluationRequest(model), registry)
     assert row.verdict == "FAIL" and not row.loaded
     assert row.reasons[0].startswith("model could not be loaded: Triton could not load it")
+
+
+def test_the_serving_probe_times_the_candidate_as_adapter_and_merged(
+    triton, store, registry, tmp_path
+):
+    """With the probe on, a LoRA candidate evaluated locally is also served through Triton
+    twice: as a lora on its base's model and folded into one merged model. The merged model
+    is the same function (greedy outputs equal the adapter's); a prompt-tuning adapter can't
+    be merged: adapter only, and a note says why."""
+    cache = tmp_path / "cache"
+    evaluator = make(
+        create_db_engine(f"sqlite:///{tmp_path / 'p.sqlite3'}"), store, cache, triton, "local", 3
+    )
+    model = ModelUnderTest.from_version(registry.versions["bot:v1"])
+    row = evaluator.run(EvaluationRequest(model), registry)
+    result = result_of(evaluator, row)
+    assert [s.mode for s in result.serving] == ["adapter", "merged"]
+    adapter, merged = result.serving
+    for served in result.serving:
+        assert served.requests == 3
+        assert 0 < served.latency_p50_s <= served.latency_p95_s
+        assert served.completion_tokens_per_s > 0
+    assert adapter.triton_model.startswith("eval_") and "/eval-" in adapter.triton_model
+    assert merged.triton_model.startswith("eval_merged_")
+    proto = reports.report_proto(row)
+    assert [(s.mode, s.requests) for s in proto.serving] == [("adapter", 3), ("merged", 3)]
+    assert proto.serving[1].latency_p50_s == pytest.approx(merged.latency_p50_s)
+    page = evaluator.store.get_bytes(reports.ref_of(row.html_report)).decode()
+    assert "Served through Triton" in page and merged.triton_model in page
+
+    # The merged model answers as the adapter on its base does.
+    triton_serving = evaluator._triton_serving()
+    folders = evaluator.loader.fetch(model, registry)
+    prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
+    as_adapter = triton_serving.generator(triton_serving.serve(folders)).generate(prompts, 12, 0)
+    as_merged = triton_serving.generator(triton_serving.serve_merged(folders)).generate(
+        prompts, 12, 0
+    )
+    assert [g.text for g in as_merged] == [g.text for g in as_adapter]
+
+    prompted = ModelUnderTest.from_version(registry.versions["prompted:v1"])
+    result = result_of(evaluator, evaluator.run(EvaluationRequest(prompted), registry))
+    assert [s.mode for s in result.serving] == ["adapter"]
+    assert any("cannot be merged" in note for note in result.notes)

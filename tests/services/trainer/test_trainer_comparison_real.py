@@ -1,8 +1,10 @@
 """A real comparison, end to end: intake, registry, trainer (API + worker + comparison
 collector) and evaluator as processes on the session's Kafka and S3; SmolLM2-135M-Instruct
 as the base; LoRA r=4 vs prompt tuning, 8 steps each, evaluated on the shipped `support`
-suite (one case per tag); created and read back through the `posttrain compare` CLI.
-Slow: two trainings and two evaluations of a 135M model on CPU."""
+suite (one case per tag), each candidate also served through the session's Triton by the
+evaluator's serving probe (adapter on the base, and merged for LoRA); created and read back
+through the `posttrain compare` CLI. Slow: two trainings and two evaluations of a 135M
+model on CPU."""
 
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def _wait(what: str, check_fn, timeout_s: float, every_s: float = 1.0):
 
 
 @pytest.fixture
-def services(stack, tmp_path: Path):
+def services(stack, triton, tmp_path: Path):
     """The four services as processes; yields (ports, keys, s3 store); stops them."""
     s3 = stack.s3_settings(bucket=f"cmp-{uuid.uuid4().hex[:10]}")
     store = ArtifactStore.from_settings(s3)
@@ -88,6 +90,12 @@ def services(stack, tmp_path: Path):
         "POSTTRAIN_COMPARISON_POLL_S": "1",
         "POSTTRAIN_WORKER_TORCH_THREADS": "2",
         "POSTTRAIN_TORCH_THREADS": "1",
+        # The evaluator's serving probe: each candidate timed through Triton, 2 requests a way.
+        "POSTTRAIN_TRITON_GRPC_URL": triton.triton_grpc_url,
+        "POSTTRAIN_TRITON_MODEL_REPOSITORY": str(triton.triton_model_repository),
+        "POSTTRAIN_TRITON_TORCH_THREADS": "1",
+        "POSTTRAIN_SERVING_PROBE_REQUESTS": "2",
+        "POSTTRAIN_SERVING_PROBE_MAX_NEW_TOKENS": "24",
         "PYTHONUNBUFFERED": "1",
     }
     procs: dict[str, subprocess.Popen] = {}
@@ -226,6 +234,11 @@ def test_lora_vs_prompt_tuning_on_smollm2_gives_a_complete_report(services, tmp_
         assert 0 < c["trainable_share"] < 0.05 and c["artifact_bytes"] > 0
     assert lora["trainable_params"] > prompt["trainable_params"]
     assert prompt["serving_options"] == ["adapter"]
+    # Served through Triton: LoRA as an adapter and merged, prompt tuning as an adapter only.
+    assert sorted(lora["serving"]) == ["adapter", "merged"]
+    assert sorted(prompt["serving"]) == ["adapter"]
+    for served in [*lora["serving"].values(), *prompt["serving"].values()]:
+        assert served["requests"] == 2 and 0 < served["latency_p50_s"] <= served["latency_p95_s"]
     rec = report["recommendation"]
     assert rec["candidate"] in ("lora-r4", "prompt") and rec["method_rule"]
     assert rec["serving"] in ("merged", "adapter") and rec["serving_rule"]
@@ -246,6 +259,7 @@ def test_lora_vs_prompt_tuning_on_smollm2_gives_a_complete_report(services, tmp_
                             "trainable_share",
                             "artifact_bytes",
                             "latency_p50_s",
+                            "serving",
                             "gate_verdict",
                             "first_loss",
                             "final_loss",
