@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from posttrain.events import envelope as envelopes
 from posttrain.events import topics
+from posttrain.storage import ArtifactRef
 from posttrain.v1 import (
     common_pb2,
     evaluation_pb2,
@@ -347,14 +348,23 @@ def test_registry_crash_before_offset_commit_s3_restart_evaluator_crash(pipeline
         duplicates=f"{len(db_reports) - 1} reports",
         losses="0" if verdict else "verdict not recorded",
     )
+    # Every file of the version's artifacts is still there after the S3 restart.
+    files = [
+        pipe.store.file_ref(entry)
+        for artifact in found[0].artifacts
+        for entry in pipe.store.get_manifest(ArtifactRef.from_proto(artifact)).files
+    ]
+    missing = [f.uri for f in files if not pipe.store.exists(f)]
     pipe.table.add(
         "S3 restart (SeaweedFS, same port and data)",
         "between evaluation attempts",
-        survived=bool(report.id),
+        survived=bool(report.id) and bool(files) and not missing,
+        losses=f"{len(missing)} of {len(files)} artifact files",
     )
     assert [v.id for v in found] == [version_id] and len(db_versions) == 1
     assert len(set(registered)) == 1 and len(registered) >= 2, registered
     assert [r[0] for r in db_reports] == [report.id]
+    assert files and not missing, missing
     pipe.flow["model_version_id"] = version_id
 
 
