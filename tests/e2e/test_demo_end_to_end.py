@@ -133,5 +133,6 @@ def test_one_correlation_id_follows_the_change_through_every_service(demo_run):
 def test_stop_leaves_nothing_running(demo_run):
     demo, _ = demo_run
     demo.stop()  # what the demo does at its end; the fixture's second stop is a no-op
-    assert all(proc.poll() is not None for proc in demo.procs.values())
+    assert demo.services is not None and demo.services.procs
+    assert all(proc.poll() is not None for proc in demo.services.procs.values())
     assert not [s.name for s in demo.stack.status() if s.running]
