@@ -58,6 +58,7 @@ from posttrain.serving.repository import (
     LLMModelConfig,
     install_adapter,
     load_model,
+    served_parameter,
     write_llm_model,
     write_merged_model,
 )
@@ -362,7 +363,10 @@ class DeploymentController:
         load_model(self.triton.client, model, timeout_s=self.options.load_timeout_s)
 
     def _install(self, triton_model: str, lora: str, artifact: ArtifactRef) -> None:
-        adapter_dir = self.layout.adapter_dir(triton_model)
+        # Where the loaded model looks for adapters: its config as written, which another
+        # gateway with another cache folder may have written first.
+        written = served_parameter(self._repo, triton_model, "adapter_dir")
+        adapter_dir = Path(written) if written else self.layout.adapter_dir(triton_model)
         marker = self.layout.marker(triton_model, lora)
         installed = (adapter_dir / lora).exists() and marker.is_file()
         if installed and marker.read_text().strip() == artifact.sha256:
