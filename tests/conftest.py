@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from minio.deleteobjects import DeleteObject
+from s3_buckets import store_on_new_bucket
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -181,16 +181,5 @@ def module_db_url(
 def module_store(stack) -> Iterator[ArtifactStore]:
     """A fresh bucket for the module on the stack's S3, emptied and removed afterwards
     (SeaweedFS gives every bucket a volume, and a session has a limited number of them)."""
-    settings = stack.s3_settings(bucket=f"mod-{uuid.uuid4().hex[:10]}")
-    store = ArtifactStore.from_settings(settings)
-    store.ensure_bucket()
-    try:
+    with store_on_new_bucket(stack.s3_settings(bucket=f"mod-{uuid.uuid4().hex[:10]}")) as store:
         yield store
-    finally:
-        client = store.client
-        leftovers = [
-            DeleteObject(o.object_name)
-            for o in client.list_objects(settings.bucket, recursive=True)
-        ]
-        assert not list(client.remove_objects(settings.bucket, leftovers))
-        client.remove_bucket(settings.bucket)

@@ -7,7 +7,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from registry_factories import migrate, store_on_new_bucket
+from registry_factories import migrate
+from s3_buckets import store_on_new_bucket
 from sqlalchemy import Engine
 
 from posttrain.db import create_db_engine

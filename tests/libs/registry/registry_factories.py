@@ -7,22 +7,18 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.message import Message
-from minio.deleteobjects import DeleteObject
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from posttrain.config import S3Settings
 from posttrain.db import apply_migrations, session_scope
 from posttrain.events import EVENTS_MIGRATIONS, add_to_outbox
 from posttrain.registry import REGISTRY_MIGRATIONS, aliases, base_models, gate, versions
 from posttrain.registry.base_models import BaseModelFolder
-from posttrain.storage import MANIFEST_MEDIA_TYPE, ArtifactRef, ArtifactStore
+from posttrain.storage import MANIFEST_MEDIA_TYPE, ArtifactRef
 from posttrain.v1 import common_pb2, events_pb2
 
 BASE = "tiny-llama"
@@ -182,22 +178,3 @@ def write_hf_folder(path: Path, *, hidden: int = 4, vocab: int = 8) -> Path:
     raw = json.dumps(header).encode()
     (path / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(offset))
     return path
-
-
-@contextmanager
-def store_on_new_bucket(settings: S3Settings) -> Iterator[ArtifactStore]:
-    """A store on a bucket of its own, emptied and removed afterwards (SeaweedFS gives
-    every bucket a volume, and a session has a limited number of them)."""
-    store = ArtifactStore.from_settings(settings)
-    store.ensure_bucket()
-    try:
-        yield store
-    finally:
-        client = store.client
-        leftovers = [
-            DeleteObject(o.object_name)
-            for o in client.list_objects(settings.bucket, recursive=True)
-        ]
-        errors = list(client.remove_objects(settings.bucket, leftovers))
-        assert not errors, errors
-        client.remove_bucket(settings.bucket)

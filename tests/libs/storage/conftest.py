@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from minio import Minio
-from minio.deleteobjects import DeleteObject
+from s3_buckets import remove_bucket
 
 from posttrain.config import S3Settings
 from posttrain.storage import ArtifactStore
@@ -32,10 +32,4 @@ def store(s3_settings: S3Settings, raw_client: Minio) -> Iterator[ArtifactStore]
     artifact_store = ArtifactStore.from_settings(s3_settings)
     artifact_store.ensure_bucket()
     yield artifact_store  # what follows runs whether the test passed or failed
-    bucket = s3_settings.bucket
-    leftovers = [
-        DeleteObject(obj.object_name) for obj in raw_client.list_objects(bucket, recursive=True)
-    ]
-    errors = list(raw_client.remove_objects(bucket, leftovers))
-    assert not errors, errors
-    raw_client.remove_bucket(bucket)
+    remove_bucket(raw_client, s3_settings.bucket)

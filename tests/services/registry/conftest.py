@@ -19,7 +19,8 @@ from sqlalchemy import Engine
 # The registry's test builders live beside the core's tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "libs" / "registry"))
 
-from registry_factories import migrate, store_on_new_bucket  # noqa: E402
+from registry_factories import migrate
+from s3_buckets import store_on_new_bucket  # noqa: E402
 
 from posttrain.config import GrpcServerSettings, KafkaSettings  # noqa: E402
 from posttrain.db import apply_migrations, create_db_engine  # noqa: E402

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
-from minio.deleteobjects import DeleteObject
+from s3_buckets import remove_bucket
 from sqlalchemy import Engine
 
 from posttrain.config import GrpcServerSettings, KafkaSettings, S3Settings, TritonSettings
@@ -190,9 +190,4 @@ def fleet(stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         server.stop(grace=0)
         for engine in [*engines.values(), auth_engine]:
             engine.dispose()
-        client = store.client
-        leftovers = [
-            DeleteObject(o.object_name) for o in client.list_objects(bucket, recursive=True)
-        ]
-        list(client.remove_objects(bucket, leftovers))
-        client.remove_bucket(bucket)
+        remove_bucket(store.client, bucket)
